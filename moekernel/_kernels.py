@@ -1,0 +1,255 @@
+"""Private Triton kernels of the fused MoE. The public wrappers live in fused_moe.py and routing.py.
+
+The GEMM kernel reads its rows through ``sorted_token_ids`` (tokens grouped by expert, each expert's run padded
+to BLOCK_SIZE_M), so one launch serves every expert. It never specialises on the batch size (``EM`` and
+``num_valid_tokens`` are marked do_not_specialize): one compiled binary per launch config serves all batch sizes.
+"""
+
+import triton
+import triton.language as tl
+
+# Quantization modes of the GEMM kernel (constexpr QUANT).
+QUANT_NONE = 0
+QUANT_PER_TENSOR = 1  # w8a8, one scale per expert for w, one scalar for a
+QUANT_PER_CHANNEL = 2  # w8a8, one scale per output channel for w, one per row for a
+QUANT_BLOCK = 3  # w8a8, one scale per [group_n, group_k] block of w and per [row, group_k] of a
+QUANT_WEIGHT_ONLY = 4  # int8 weights with a per-output-channel scale, activations in 16 bit
+
+
+@triton.jit(do_not_specialize=["EM", "num_valid_tokens"])
+def _fused_moe_gemm(
+    a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
+    sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr,
+    N, K, EM, num_valid_tokens,
+    stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr,
+    A_ROW_DIV: tl.constexpr,  # rows of A are sorted_token_id // A_ROW_DIV (topk for the up GEMM, 1 for down)
+    FUSE_SILU_MUL: tl.constexpr,  # b holds [gate; up] rows: write silu(x·gate) * (x·up), N columns
+    MUL_ROUTED_WEIGHT: tl.constexpr,
+    QUANT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
+    INT_ACC: tl.constexpr,  # int8 x int8 accumulates in int32
+    DOT_FP32: tl.constexpr,  # interpreter: the CPU's dot on 16-bit floats is unreliable, so upcast
+    EVEN_K: tl.constexpr,
+):
+    # Programs along M are grouped so that GROUP_SIZE_M row-blocks share the same weight columns in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(EM, BLOCK_SIZE_M)
+    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+    num_pid_in_group = GROUP_SIZE_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_SIZE_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
+    if pid_m * BLOCK_SIZE_M >= num_tokens_post_padded:
+        return
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if expert < 0:
+        return
+
+    offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
+    offs_token = tl.load(sorted_token_ids_ptr + offs_m).to(tl.int64)
+    token_mask = offs_token < num_valid_tokens
+    a_rows = offs_token // A_ROW_DIV
+
+    offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    # Wrapping the weight columns keeps the B loads unmasked; the wrapped columns are never stored.
+    offs_bn = (offs_n % N).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_SIZE_K)
+
+    a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + expert * stride_be + offs_bn[None, :] * stride_bn + offs_k[:, None] * stride_bk
+    if FUSE_SILU_MUL:
+        b2_ptrs = b_ptrs + N * stride_bn
+
+    if INT_ACC and not DOT_FP32:
+        acc_dtype = tl.int32
+    else:
+        acc_dtype = tl.float32
+    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
+    if FUSE_SILU_MUL:
+        acc2 = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
+    if QUANT == 3:
+        facc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+        if FUSE_SILU_MUL:
+            facc2 = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+        a_s_ptrs = a_scale_ptr + a_rows * stride_asm
+        b_s_ptrs = b_scale_ptr + expert * stride_bse + (offs_bn // GROUP_N) * stride_bsn
+        if FUSE_SILU_MUL:
+            b2_s_ptrs = b_scale_ptr + expert * stride_bse + ((offs_bn + N) // GROUP_N) * stride_bsn
+
+    for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=token_mask[:, None], other=0.0)
+            b = tl.load(b_ptrs)
+            if FUSE_SILU_MUL:
+                b2 = tl.load(b2_ptrs)
+        else:
+            k_left = K - k * BLOCK_SIZE_K
+            a = tl.load(a_ptrs, mask=token_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+            if FUSE_SILU_MUL:
+                b2 = tl.load(b2_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if DOT_FP32:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+            if FUSE_SILU_MUL:
+                b2 = b2.to(tl.float32)
+        elif QUANT == 4:
+            # Weight-only int8: convert the tile to the activation dtype; the channel scale comes after.
+            b = b.to(a.dtype)
+            if FUSE_SILU_MUL:
+                b2 = b2.to(a.dtype)
+        if QUANT == 3:
+            # One quantization group per K step (GROUP_K is a multiple of BLOCK_SIZE_K): scale each partial dot.
+            k_group = (k * BLOCK_SIZE_K) // GROUP_K
+            a_s = tl.load(a_s_ptrs + k_group * stride_ask, mask=token_mask, other=0.0)
+            b_s = tl.load(b_s_ptrs + k_group * stride_bsk)
+            part = tl.dot(a, b, out_dtype=acc_dtype)
+            facc += part.to(tl.float32) * a_s[:, None] * b_s[None, :]
+            if FUSE_SILU_MUL:
+                b2_s = tl.load(b2_s_ptrs + k_group * stride_bsk)
+                part2 = tl.dot(a, b2, out_dtype=acc_dtype)
+                facc2 += part2.to(tl.float32) * a_s[:, None] * b2_s[None, :]
+        else:
+            acc = tl.dot(a, b, acc, out_dtype=acc_dtype)
+            if FUSE_SILU_MUL:
+                acc2 = tl.dot(a, b2, acc2, out_dtype=acc_dtype)
+        a_ptrs += BLOCK_SIZE_K * stride_ak
+        b_ptrs += BLOCK_SIZE_K * stride_bk
+        if FUSE_SILU_MUL:
+            b2_ptrs += BLOCK_SIZE_K * stride_bk
+
+    # Epilogue: dequantize, activation, routing weight, store.
+    if QUANT == 3:
+        out = facc
+        if FUSE_SILU_MUL:
+            out2 = facc2
+    else:
+        out = acc.to(tl.float32)
+        if FUSE_SILU_MUL:
+            out2 = acc2.to(tl.float32)
+    if QUANT == 1:
+        scale = tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
+        out = out * scale
+        if FUSE_SILU_MUL:
+            out2 = out2 * scale
+    if QUANT == 2 or QUANT == 4:
+        b_s = tl.load(b_scale_ptr + expert * stride_bse + offs_bn * stride_bsn)
+        out = out * b_s[None, :]
+        if FUSE_SILU_MUL:
+            out2 = out2 * tl.load(b_scale_ptr + expert * stride_bse + (offs_bn + N) * stride_bsn)[None, :]
+        if QUANT == 2:
+            a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=token_mask, other=0.0)
+            out = out * a_s[:, None]
+            if FUSE_SILU_MUL:
+                out2 = out2 * a_s[:, None]
+    if FUSE_SILU_MUL:
+        out = out * tl.sigmoid(out) * out2
+    if MUL_ROUTED_WEIGHT:
+        w = tl.load(topk_weights_ptr + offs_token, mask=token_mask, other=0.0)
+        out = out * w[:, None]
+
+    c_ptrs = c_ptr + offs_token[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=token_mask[:, None] & (offs_n[None, :] < N))
+
+
+@triton.jit(do_not_specialize=["numel", "max_padded", "max_blocks"])
+def _moe_align(
+    topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, cursor_ptr,
+    numel, max_padded, max_blocks, num_experts,
+    BLOCK_SIZE_M: tl.constexpr, NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
+):
+    """One program: count tokens per expert, pad each run to BLOCK_SIZE_M, then place every token.
+
+    Runs on the device without a host round trip, so it can sit inside a CUDA graph. Tokens routed to experts that
+    are not local (expert_map == -1) are left out; a token's slot inside its expert's run is taken with an atomic
+    add, so the order inside a run is arbitrary (each row is computed on its own, so the result does not depend on it).
+    """
+    bins = tl.arange(0, NUM_BINS)
+    chunk = tl.arange(0, CHUNK)
+
+    for start in range(0, max_padded, CHUNK):
+        offs = start + chunk
+        tl.store(sorted_ids_ptr + offs, numel, mask=offs < max_padded)
+
+    counts = tl.zeros((NUM_BINS,), dtype=tl.int32)
+    for start in range(0, numel, CHUNK):
+        offs = start + chunk
+        valid = offs < numel
+        e = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
+        if HAS_MAP:
+            e = tl.load(expert_map_ptr + e, mask=valid, other=-1)
+        # Skipped entries land in bin num_experts, which is never placed.
+        e = tl.where(valid & (e >= 0), e, num_experts)
+        counts += tl.histogram(e, NUM_BINS)
+    counts = tl.where(bins < num_experts, counts, 0)
+    padded = (counts + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M
+    ends = tl.cumsum(padded, 0)
+    total = tl.sum(padded, 0)
+    tl.store(num_post_ptr, total)
+    tl.store(cursor_ptr + bins, ends - padded)
+
+    block_chunk = tl.arange(0, BLOCK_CHUNK)
+    for start in range(0, max_blocks, BLOCK_CHUNK):
+        blocks = start + block_chunk
+        first_row = blocks * BLOCK_SIZE_M
+        # The expert of a block is the number of experts whose padded run ends at or before its first row.
+        owner = tl.sum((ends[None, :] <= first_row[:, None]).to(tl.int32), axis=1)
+        owner = tl.where(first_row < total, owner, -1)
+        tl.store(expert_ids_ptr + blocks, owner, mask=blocks < max_blocks)
+
+    tl.debug_barrier()  # the cursors and the sentinel fill above must be visible to every thread below
+
+    for start in range(0, numel, CHUNK):
+        offs = start + chunk
+        valid = offs < numel
+        e = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
+        if HAS_MAP:
+            e = tl.load(expert_map_ptr + e, mask=valid, other=-1)
+        valid = valid & (e >= 0)
+        slot = tl.atomic_add(cursor_ptr + e, 1, mask=valid)
+        tl.store(sorted_ids_ptr + slot, offs, mask=valid)
+
+
+@triton.jit
+def _moe_sum(
+    c_ptr, out_ptr, topk_ids_ptr, expert_map_ptr, K, stride_cm, stride_om,
+    TOPK: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out[m] = sum over the top-k rows of c; rows of non-local experts were never written and are skipped."""
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < K
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for j in tl.static_range(TOPK):
+        row_mask = mask
+        if HAS_MAP:
+            e = tl.load(topk_ids_ptr + m * TOPK + j)
+            row_mask = mask & (tl.load(expert_map_ptr + e) >= 0)
+        acc += tl.load(c_ptr + (m * TOPK + j) * stride_cm + offs, mask=row_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + m * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _quant_groups(
+    x_ptr, q_ptr, s_ptr, C, stride_xm, stride_qm, stride_sm,
+    GROUP: tl.constexpr, BLOCK: tl.constexpr, QMAX: tl.constexpr, IS_INT: tl.constexpr,
+):
+    """Dynamic quantization of one [row, group of GROUP columns]: scale = max|x| / QMAX."""
+    row = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    offs = g * GROUP + tl.arange(0, BLOCK)
+    mask = (tl.arange(0, BLOCK) < GROUP) & (offs < C)
+    x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(x), 0), 1e-10) / QMAX
+    y = tl.clamp(x / scale, -QMAX, QMAX)
+    if IS_INT:
+        y = tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5))  # round half away from zero
+    tl.store(q_ptr + row * stride_qm + offs, y.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(s_ptr + row * stride_sm + g, scale)

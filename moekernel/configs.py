@@ -1,0 +1,142 @@
+"""Tuned-config files in the engines' format, and the runtime lookup that picks a config for a batch size.
+
+File name: ``E={E},N={N},device_name={name}[,dtype={dtype}][,block_shape=[bn,bk]].json``; content
+``{"triton_version": "...", "1": {six parameters}, "2": {...}}``. Split tuning writes the up-GEMM configs to
+that name and the down-GEMM configs to its ``_down.json`` twin; the lookup pairs them up again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+from pathlib import Path
+
+from .heuristics import PARAMS, default_config
+
+SHIPPED_FOLDER = Path(__file__).parent / "configs_shipped"
+ENV_FOLDER = "MOEKERNEL_CONFIG_FOLDER"
+
+
+def device_name() -> str:
+    """The current GPU as engines spell it in file names; a CPU name when there is no GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name().replace(" ", "_")
+        # Engines fold every H200 variant into one name.
+        return "NVIDIA_H200" if "H200" in name else name
+    return f"cpu-interpreter-{platform.machine() or 'unknown'}"
+
+
+_current_device_name = device_name  # the parameters below shadow the name
+
+
+def config_file_name(E: int, N: int, dtype: str | None = None, block_shape=None, device_name: str | None = None,
+                     gemm: str | None = None) -> str:
+    if device_name is None:
+        device_name = _current_device_name()
+    name = f"E={E},N={N},device_name={device_name}"
+    if dtype in ("bf16", "fp16", "auto"):
+        dtype = None
+    if dtype:
+        name += f",dtype={dtype}"
+    if block_shape is not None and all(block_shape):
+        name += f",block_shape=[{int(block_shape[0])}, {int(block_shape[1])}]"
+    if gemm not in (None, "both", "up", "down"):
+        raise ValueError(f"gemm must be None, 'both', 'up' or 'down', got {gemm!r}")
+    return name + ("_down.json" if gemm == "down" else ".json")
+
+
+def _read(path: Path) -> dict[int, dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read config file {path}: {exc}") from exc
+    out = {}
+    for key, value in data.items():
+        if key == "triton_version":
+            continue
+        try:
+            m = int(key)
+        except ValueError:
+            raise ValueError(f"{path}: key {key!r} is not a batch size") from None
+        missing = [p for p in PARAMS[:4] if p not in value]
+        if missing:
+            raise ValueError(f"{path}: batch size {m} lacks {', '.join(missing)}")
+        out[m] = {k: value[k] for k in PARAMS if k in value}
+    return out
+
+
+def _search_folders(folders) -> list[Path]:
+    found = [Path(f) for f in (folders or [])]
+    env = os.environ.get(ENV_FOLDER)
+    if env:
+        found += [Path(f) for f in env.split(os.pathsep) if f]
+    found.append(SHIPPED_FOLDER)
+    return found
+
+
+def load_configs(E: int, N: int, dtype: str | None = None, block_shape=None, device_name: str | None = None,
+                 folders=None) -> dict[int, dict] | None:
+    """The first matching file in ``folders``, then ``$MOEKERNEL_CONFIG_FOLDER``, then the shipped configs.
+
+    Returns {batch size: config}; a config is ``{"up": .., "down": ..}`` where a ``_down.json`` twin exists.
+    """
+    name = config_file_name(E, N, dtype, block_shape, device_name)
+    down_name = config_file_name(E, N, dtype, block_shape, device_name, gemm="down")
+    for folder in _search_folders(folders):
+        path = folder / name
+        if path.is_file():
+            configs = _read(path)
+            down = folder / down_name
+            if down.is_file():
+                down_configs = _read(down)
+                return {m: {"up": c, "down": down_configs[_nearest(down_configs, m)]} for m, c in configs.items()}
+            return configs
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_configs(E, N, dtype, block_shape, device, env):
+    return load_configs(E, N, dtype, block_shape, device)
+
+
+def _nearest(configs: dict[int, dict], M: int) -> int:
+    return min(configs, key=lambda m: (abs(m - M), m))
+
+
+def get_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None = None, block_shape=None) -> dict:
+    """The tuned config of the batch size nearest to M for this device, else :func:`default_config`."""
+    block = tuple(block_shape) if block_shape is not None else None
+    configs = _cached_configs(E, N, dtype, block, _current_device_name(), os.environ.get(ENV_FOLDER))
+    if configs:
+        return configs[_nearest(configs, M)]
+    return default_config(M, E, N, K, topk, dtype, block)
+
+
+def format_config_file(configs: dict[int, dict], triton_version: str | None = None) -> str:
+    """The engines' JSON text: triton_version first, batch sizes ascending, parameters in a fixed order."""
+    if triton_version is None:
+        import triton
+
+        triton_version = triton.__version__
+    data = {"triton_version": triton_version}
+    for m in sorted(configs):
+        cfg = configs[m]
+        missing = [p for p in PARAMS if p not in cfg]
+        if missing:
+            raise ValueError(f"config for batch size {m} lacks {', '.join(missing)}")
+        data[str(int(m))] = {p: int(cfg[p]) for p in PARAMS}
+    return json.dumps(data, indent=4) + "\n"
+
+
+def write_config_file(path, configs: dict[int, dict], triton_version: str | None = None) -> Path:
+    """Write atomically; equal input gives byte-identical files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(format_config_file(configs, triton_version))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,367 @@
+"""The fused MoE: align tokens by expert, up GEMM with the activation fused in, down GEMM, sum over top-k.
+
+Launches per call: one alignment kernel, one up-GEMM kernel (x·w1 gate and up halves with silu(gate)*up in its
+epilogue, so the [tokens, 2N] intermediate never reaches memory), activation quantization where the dtype needs
+it, one down-GEMM kernel (routing weight in its epilogue) and one top-k sum (skipped for top-1).
+
+Config semantics match the engines' files: BLOCK_SIZE_N of the up GEMM counts weight rows, gate and up together,
+so a file tuned for vLLM's kernel puts the same tile footprint on this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+
+from . import _kernels
+from .configs import get_config
+from .heuristics import PARAMS
+from .quant import QUANT_DTYPES, FP8_DTYPE, quantize_activations, storage_dtype
+from .routing import align_bins, fused_topk, launch_align, max_padded_tokens
+
+_OVERRIDES: list = []
+
+
+def interpreted() -> bool:
+    """True when the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 before import)."""
+    return type(_kernels._fused_moe_gemm).__name__ == "InterpretedFunction" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@contextlib.contextmanager
+def override_config(config):
+    """Every fused_experts call inside the block uses ``config`` (a six-parameter dict or {"up":, "down":})."""
+    normalize_config(config)
+    _OVERRIDES.append(config)
+    try:
+        yield
+    finally:
+        _OVERRIDES.pop()
+
+
+def _check_one(cfg: dict, where: str) -> dict:
+    if not isinstance(cfg, dict):
+        raise TypeError(f"{where} config must be a dict of {', '.join(PARAMS)}; got {type(cfg).__name__}")
+    missing = [p for p in PARAMS[:4] if p not in cfg]
+    if missing:
+        raise ValueError(f"{where} config lacks {', '.join(missing)} (needs {', '.join(PARAMS)})")
+    out = {p: cfg.get(p, default) for p, default in zip(PARAMS, (None, None, None, None, 4, 3))}
+    for p, v in out.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{where} config {p} must be a positive integer, got {v!r}")
+    for p in PARAMS[:3]:
+        v = out[p]
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{where} config {p} must be a power of two >= 16, got {v}")
+    if out["num_warps"] not in (1, 2, 4, 8, 16):
+        raise ValueError(f"{where} config num_warps must be 1, 2, 4, 8 or 16, got {out['num_warps']}")
+    return out
+
+
+def normalize_config(config) -> tuple[dict, dict]:
+    """(up, down) configs from a six-parameter dict (used for both GEMMs) or {"up": dict, "down": dict}."""
+    if isinstance(config, dict) and ("up" in config or "down" in config):
+        if set(config) != {"up", "down"}:
+            raise ValueError(f"a split config has exactly the keys 'up' and 'down'; got {sorted(config)}")
+        up, down = _check_one(config["up"], "up"), _check_one(config["down"], "down")
+        if up["BLOCK_SIZE_M"] != down["BLOCK_SIZE_M"]:
+            raise ValueError(
+                "up and down configs must share BLOCK_SIZE_M (one token alignment feeds both GEMMs); got "
+                f"{up['BLOCK_SIZE_M']} and {down['BLOCK_SIZE_M']}"
+            )
+        return up, down
+    cfg = _check_one(config, "fused-MoE")
+    return cfg, cfg
+
+
+class _Spec:
+    """The validated arguments of one fused_experts call: sizes, quantization mode, scale tensors."""
+
+    def __init__(self, hidden_states, w1, w2, topk_ids, quant_dtype, w1_scale, w2_scale, a1_scale, a2_scale,
+                 block_shape, per_channel, expert_map, activation):
+        if activation != "silu":
+            raise ValueError(f"activation {activation!r} is not supported; supported: 'silu'")
+        if hidden_states.dim() != 2:
+            raise ValueError(f"hidden_states must be [M, K], got shape {tuple(hidden_states.shape)}")
+        if hidden_states.dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"hidden_states must be bfloat16 or float16, got {hidden_states.dtype}")
+        self.M, self.K = hidden_states.shape
+        if w1.dim() != 3 or w2.dim() != 3:
+            raise ValueError(f"w1 and w2 must be [E, 2N, K] and [E, K, N]; got {tuple(w1.shape)}, {tuple(w2.shape)}")
+        self.E, two_n, k1 = w1.shape
+        self.N = two_n // 2
+        if two_n % 2 or k1 != self.K or tuple(w2.shape) != (self.E, self.K, self.N):
+            raise ValueError(
+                f"with hidden_states [M, {self.K}], w1 must be [E, 2N, {self.K}] and w2 [E, {self.K}, N]; "
+                f"got w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}"
+            )
+        if topk_ids.dim() != 2 or topk_ids.shape[0] != self.M:
+            raise ValueError(f"topk_ids must be [M={self.M}, topk], got {tuple(topk_ids.shape)}")
+        self.topk = topk_ids.shape[1]
+        self.dtype = hidden_states.dtype
+        self.quant_dtype = quant_dtype
+        self.block_shape = tuple(block_shape) if block_shape is not None else None
+        self.per_channel = per_channel
+        self.has_map = expert_map is not None
+        self.scales = (w1_scale, w2_scale, a1_scale, a2_scale)
+        self.mode = self._mode(w1, w2)
+        self.int_acc = quant_dtype == "int8_w8a8"
+
+    def _mode(self, w1, w2) -> int:
+        qd = self.quant_dtype
+        if qd is None:
+            if w1.dtype != self.dtype or w2.dtype != self.dtype:
+                raise ValueError(
+                    f"unquantized weights must have the hidden dtype {self.dtype}; got {w1.dtype}, {w2.dtype} "
+                    "(pass quant_dtype for fp8/int8 weights)"
+                )
+            if self.block_shape is not None or self.per_channel:
+                raise ValueError("block_shape and per_channel need a quant_dtype")
+            return _kernels.QUANT_NONE
+        if qd not in QUANT_DTYPES:
+            raise ValueError(f"quant_dtype must be None or one of {', '.join(QUANT_DTYPES)}; got {qd!r}")
+        want = storage_dtype(qd)
+        if w1.dtype != want or w2.dtype != want:
+            raise ValueError(f"{qd} needs {want} weights; got {w1.dtype}, {w2.dtype}")
+        w1_scale, w2_scale = self.scales[:2]
+        if w1_scale is None or w2_scale is None:
+            raise ValueError(f"{qd} needs w1_scale and w2_scale")
+        E, N, K = self.E, self.N, self.K
+        if qd == "int8_w8a16":
+            if self.block_shape is not None or self.per_channel:
+                raise ValueError("int8_w8a16 uses per-output-channel weight scales; drop block_shape/per_channel")
+            self._expect(w1_scale, (E, 2 * N), "w1_scale"), self._expect(w2_scale, (E, K), "w2_scale")
+            return _kernels.QUANT_WEIGHT_ONLY
+        if self.block_shape is not None:
+            if self.per_channel:
+                raise ValueError("block_shape and per_channel exclude each other")
+            bn, bk = self.block_shape
+            self._expect(w1_scale, (E, triton.cdiv(2 * N, bn), triton.cdiv(K, bk)), "w1_scale")
+            self._expect(w2_scale, (E, triton.cdiv(K, bn), triton.cdiv(N, bk)), "w2_scale")
+            return _kernels.QUANT_BLOCK
+        if self.per_channel:
+            self._expect(w1_scale, (E, 2 * N), "w1_scale"), self._expect(w2_scale, (E, K), "w2_scale")
+            return _kernels.QUANT_PER_CHANNEL
+        self._expect(w1_scale, (E,), "w1_scale"), self._expect(w2_scale, (E,), "w2_scale")
+        return _kernels.QUANT_PER_TENSOR
+
+    @staticmethod
+    def _expect(t, shape, name):
+        if t.numel() != int(torch.Size(shape).numel()):
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+
+    @property
+    def config_dtype(self):
+        return self.quant_dtype
+
+    def activation_quant(self, x, scale, interpret):
+        """Quantize a GEMM's A operand as the mode wants (block: per row per group; per-channel: per row)."""
+        group_k = self.block_shape[1] if self.mode == _kernels.QUANT_BLOCK else None
+        per_token = self.mode == _kernels.QUANT_PER_CHANNEL
+        return quantize_activations(x, self.quant_dtype, scale=scale, per_token=per_token, group_k=group_k,
+                                    interpret=interpret)
+
+
+class _Workspace:
+    """Every buffer one fused call needs, allocated up front so the call can be replayed in a CUDA graph."""
+
+    def __init__(self, spec: _Spec, block_m: int, device):
+        numel = spec.M * spec.topk
+        max_padded = max_padded_tokens(numel, spec.E, block_m)
+        i32 = dict(dtype=torch.int32, device=device)
+        self.sorted_ids = torch.empty(max_padded, **i32)
+        self.expert_ids = torch.empty(triton.cdiv(max_padded, block_m), **i32)
+        self.num_post = torch.empty(1, **i32)
+        self.cursor = torch.empty(align_bins(spec.E), **i32)
+        # Rows of non-local experts are never written; a dynamic per-tensor scale must not see them.
+        zero_rows = spec.has_map and spec.mode == _kernels.QUANT_PER_TENSOR and spec.scales[3] is None
+        alloc = torch.zeros if zero_rows else torch.empty
+        self.inter = alloc((numel, spec.N), dtype=spec.dtype, device=device)
+        self.out = torch.empty((spec.M, spec.K), dtype=spec.dtype, device=device)
+        # Top-1 without expert parallelism: the down GEMM writes the output rows directly.
+        self.direct = spec.topk == 1 and not spec.has_map
+        self.down_out = self.out if self.direct else torch.empty((numel, spec.K), dtype=spec.dtype, device=device)
+
+
+def _scale_strides(mode, a_scale, b_scale):
+    """(stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk) for the scale layouts of each mode."""
+    if mode == _kernels.QUANT_NONE:
+        return 0, 0, 0, 0, 0
+    if mode == _kernels.QUANT_PER_TENSOR:
+        return 0, 0, b_scale.stride(0), 0, 0
+    if mode == _kernels.QUANT_WEIGHT_ONLY:
+        return 0, 0, b_scale.stride(0), b_scale.stride(1), 0
+    if mode == _kernels.QUANT_PER_CHANNEL:
+        return a_scale.stride(0), 0, b_scale.stride(0), b_scale.stride(1), 0
+    return a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), b_scale.stride(2)
+
+
+def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, warmup=False):
+    bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
+    if up:
+        # The tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each.
+        if bn < 32:
+            raise ValueError(f"the up GEMM's BLOCK_SIZE_N must be >= 32 (gate and up halves), got {bn}")
+        bn //= 2
+    group_n = group_k = 1
+    if spec.mode == _kernels.QUANT_BLOCK:
+        group_n, group_k = spec.block_shape
+        if group_k % bk:
+            raise ValueError(f"BLOCK_SIZE_K={bk} must divide the quantization block's k={group_k}")
+    em = ws.sorted_ids.numel()
+    grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),)
+    args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post,
+            n_out, k_in, em, spec.M * spec.topk,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
+            *_scale_strides(spec.mode, a_scale, b_scale)]
+    meta = dict(
+        BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
+        A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up,
+        QUANT=spec.mode, GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpreted(),
+        EVEN_K=k_in % bk == 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if warmup:
+        return _kernels._fused_moe_gemm.warmup(
+            *[x.dtype if isinstance(x, torch.Tensor) else x for x in args], grid=grid, **meta)
+    _kernels._fused_moe_gemm[grid](*args, **meta)
+
+
+class _Call:
+    """One fused MoE call's stages over a workspace; the tuner times them together or one GEMM at a time."""
+
+    def __init__(self, hidden_states, w1, w2, topk_weights, topk_ids, config, quant_dtype=None, w1_scale=None,
+                 w2_scale=None, a1_scale=None, a2_scale=None, block_shape=None, per_channel=False,
+                 expert_map=None, activation="silu"):
+        self.spec = _Spec(hidden_states, w1, w2, topk_ids, quant_dtype, w1_scale, w2_scale, a1_scale, a2_scale,
+                          block_shape, per_channel, expert_map, activation)
+        if config is None:
+            config = _OVERRIDES[-1] if _OVERRIDES else get_config(
+                self.spec.M, self.spec.E, self.spec.N, self.spec.K, self.spec.topk, quant_dtype, block_shape)
+        self.up_cfg, self.down_cfg = normalize_config(config)
+        self.x, self.w1, self.w2 = hidden_states, w1, w2
+        self.topk_weights = topk_weights if topk_weights.is_contiguous() else topk_weights.contiguous()
+        self.topk_ids, self.expert_map = topk_ids, expert_map
+        self.ws = _Workspace(self.spec, self.up_cfg["BLOCK_SIZE_M"], hidden_states.device)
+        self.interpret = interpreted()
+
+    def align(self, warmup=False):
+        ws = self.ws
+        launch_align(self.topk_ids, self.expert_map, self.spec.E, self.up_cfg["BLOCK_SIZE_M"], ws.sorted_ids,
+                     ws.expert_ids, ws.num_post, ws.cursor, warmup=warmup)
+
+    def _quantized(self, x, scale, warmup):
+        if self.spec.mode in (_kernels.QUANT_NONE, _kernels.QUANT_WEIGHT_ONLY):
+            return x, None
+        if warmup:  # shapes only: the compile needs dtypes and strides, not values
+            spec = self.spec
+            q = torch.empty(x.shape, dtype=storage_dtype(spec.quant_dtype), device=x.device)
+            cols = 1 if spec.mode == _kernels.QUANT_PER_TENSOR else (
+                1 if spec.mode == _kernels.QUANT_PER_CHANNEL else triton.cdiv(x.shape[1], spec.block_shape[1]))
+            shape = (1,) if spec.mode == _kernels.QUANT_PER_TENSOR else (x.shape[0], cols)
+            return q, torch.empty(shape, dtype=torch.float32, device=x.device)
+        return self.spec.activation_quant(x, scale, self.interpret)
+
+    def up(self, warmup=False):
+        spec, ws = self.spec, self.ws
+        a, a_scale = self._quantized(self.x, spec.scales[2], warmup)
+        _launch_gemm(spec, ws, self.up_cfg, a, self.w1, ws.inter, a_scale, spec.scales[0], self.topk_weights,
+                     n_out=spec.N, k_in=spec.K, up=True, warmup=warmup)
+
+    def down(self, warmup=False):
+        spec, ws = self.spec, self.ws
+        a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup)
+        _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
+                     n_out=spec.K, k_in=spec.N, up=False, warmup=warmup)
+
+    def reduce(self):
+        spec, ws = self.spec, self.ws
+        if ws.direct or spec.M == 0:
+            return
+        block = min(1024, triton.next_power_of_2(spec.K))
+        _kernels._moe_sum[(spec.M, triton.cdiv(spec.K, block))](
+            ws.down_out, ws.out, self.topk_ids, self.expert_map, spec.K, ws.down_out.stride(0), ws.out.stride(0),
+            TOPK=spec.topk, HAS_MAP=spec.has_map, BLOCK=block)
+
+    def __call__(self) -> torch.Tensor:
+        if self.spec.M == 0:
+            return self.ws.out
+        self.align()
+        self.up()
+        self.down()
+        self.reduce()
+        return self.ws.out
+
+
+def fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, *, config=None, quant_dtype=None, w1_scale=None,
+                  w2_scale=None, a1_scale=None, a2_scale=None, block_shape=None, per_channel=False, expert_map=None,
+                  activation="silu") -> torch.Tensor:
+    """Σ_topk w_route · (silu(x·w1_gate) ⊙ (x·w1_up)) · w2 for each token; returns [M, K] in the hidden dtype.
+
+    ``config``: six launch parameters, or {"up": .., "down": ..}; None takes the innermost override_config, else
+    the tuned file for this device (moekernel.configs.get_config), else the default heuristic.
+    """
+    return _Call(hidden_states, w1, w2, topk_weights, topk_ids, config, quant_dtype, w1_scale, w2_scale, a1_scale,
+                 a2_scale, block_shape, per_channel, expert_map, activation)()
+
+
+def fused_moe(hidden_states, w1, w2, gating_output, topk, renormalize=True, **kwargs) -> torch.Tensor:
+    """Routing (softmax top-k) followed by fused_experts."""
+    topk_weights, topk_ids = fused_topk(hidden_states, gating_output, topk, renormalize)
+    return fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, **kwargs)
+
+
+# ---- for the tuner ---------------------------------------------------------------------------------------------
+
+def make_runner(inputs, config, gemm: str = "both"):
+    """A zero-argument callable over preallocated buffers: the whole op, or one GEMM ("up"/"down") only.
+
+    For one GEMM, everything before it runs once here, so the callable replays just that kernel (and the
+    activation quantization it needs). Safe to capture in a CUDA graph.
+    """
+    call = _Call(**inputs.kwargs(), config=config)
+    if gemm == "both":
+        return call
+    call.align()
+    if gemm == "up":
+        return call.up
+    if gemm == "down":
+        call.up()
+        return call.down
+    raise ValueError(f"gemm must be 'both', 'up' or 'down', got {gemm!r}")
+
+
+def compile_config(shape, M: int, config, gemm: str = "both", device=None) -> None:
+    """Compile the kernels of one config into Triton's disk cache without running them.
+
+    Uses shape-only ('meta') tensors, so it allocates nothing on the GPU and is safe in worker processes.
+    A config that cannot compile raises here (e.g. triton's OutOfResources), like it would at launch.
+    """
+    if interpreted():
+        return
+    if device is not None and torch.device(device).type == "cuda" and torch.device(device).index is not None:
+        torch.cuda.set_device(device)
+    from .testing import meta_inputs
+
+    call = _Call(**meta_inputs(shape, M).kwargs(), config=config)
+    if gemm in ("both", "up"):
+        call.align(warmup=True)
+        call.up(warmup=True)
+    if gemm in ("both", "down"):
+        call.down(warmup=True)
+
+
+def smem_bytes(shape, config, gemm: str = "both") -> int:
+    """Shared memory the pipelined tiles of one GEMM need (the larger of the two for "both")."""
+    from .heuristics import smem_bytes as tile_bytes
+
+    a_bytes = 1 if shape.dtype in ("fp8_w8a8", "int8_w8a8") else 2
+    b_bytes = 1 if shape.dtype in QUANT_DTYPES else 2
+    up, down = normalize_config(config)
+    sizes = {"up": tile_bytes(up, a_bytes, b_bytes), "down": tile_bytes(down, a_bytes, b_bytes)}
+    return max(sizes.values()) if gemm == "both" else sizes[gemm]
+
+
+__all__ = ["fused_experts", "fused_moe", "override_config", "normalize_config", "make_runner", "compile_config",
+           "smem_bytes", "interpreted", "FP8_DTYPE"]

@@ -1,0 +1,120 @@
+"""Quantization conventions shared by the kernel, the reference and the test inputs.
+
+Scale layouts follow the engines:
+- per-tensor w8a8: weight scale [E], activation scale a scalar tensor (static) or computed per call (dynamic);
+- per-channel w8a8: weight scale [E, rows], activation scale per token [tokens, 1];
+- block-wise w8a8: weight scale [E, ceil(rows/block_n), ceil(cols/block_k)], activations per token per group of
+  block_k columns [tokens, ceil(cols/block_k)];
+- int8_w8a16: weight scale [E, rows] per output channel, activations stay 16 bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+QUANT_DTYPES = ("fp8_w8a8", "int8_w8a16", "int8_w8a8")
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+def storage_dtype(quant_dtype: str) -> torch.dtype:
+    return FP8_DTYPE if quant_dtype == "fp8_w8a8" else torch.int8
+
+
+def qmax(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).max) if dtype.is_floating_point else float(torch.iinfo(dtype).max)
+
+
+def _to_storage(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """y is already scaled into range; int8 rounds half away from zero, as the Triton kernel does."""
+    limit = qmax(dtype)
+    y = y.clamp(-limit, limit)
+    if not dtype.is_floating_point:
+        y = torch.sign(y) * torch.floor(y.abs() + 0.5)
+    return y.to(dtype)
+
+
+def quantize_activations(
+    x: torch.Tensor,
+    quant_dtype: str | None,
+    *,
+    scale: torch.Tensor | None = None,
+    per_token: bool = False,
+    group_k: int | None = None,
+    interpret: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Quantize a [rows, cols] activation for a w8a8 GEMM; returns (q, scale). Other modes pass x through."""
+    if quant_dtype not in ("fp8_w8a8", "int8_w8a8"):
+        return x, None
+    dtype = storage_dtype(quant_dtype)
+    if group_k is not None or per_token:
+        rows, cols = x.shape
+        group = group_k if group_k is not None else cols
+        n_groups = triton.cdiv(cols, group)
+        if interpret:
+            # The interpreter's float-to-fp8 conversion does not round to nearest; torch's does, like the GPU.
+            return _quantize_groups_torch(x, dtype, group, n_groups)
+        from ._kernels import _quant_groups
+
+        q = torch.empty((rows, cols), dtype=dtype, device=x.device)
+        s = torch.empty((rows, n_groups), dtype=torch.float32, device=x.device)
+        if rows:
+            _quant_groups[(rows, n_groups)](
+                x, q, s, cols, x.stride(0), q.stride(0), s.stride(0),
+                GROUP=group, BLOCK=triton.next_power_of_2(group), QMAX=qmax(dtype),
+                IS_INT=not dtype.is_floating_point,
+            )
+        return q, s
+    if scale is None:  # dynamic per-tensor
+        scale = (x.abs().amax().float() / qmax(dtype)).clamp_min(1e-10).reshape(1)
+    else:
+        scale = scale.float().reshape(1)
+    return _to_storage(x.float() / scale, dtype), scale
+
+
+def _quantize_groups_torch(x, dtype, group, n_groups):
+    rows, cols = x.shape
+    padded = torch.zeros((rows, n_groups * group), dtype=torch.float32, device=x.device)
+    padded[:, :cols] = x.float()
+    g = padded.view(rows, n_groups, group)
+    s = g.abs().amax(dim=2).clamp_min(1e-10) / qmax(dtype)
+    q = _to_storage(g / s[:, :, None], dtype).view(rows, -1)[:, :cols].contiguous()
+    return q, s
+
+
+def quantize_weights(
+    w: torch.Tensor, quant_dtype: str, *, block_shape=None, per_channel: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize [E, rows, cols] weights the way checkpoints ship them; returns (q, scale)."""
+    dtype = storage_dtype(quant_dtype)
+    E, rows, cols = w.shape
+    wf = w.float()
+    if block_shape is not None:
+        bn, bk = block_shape
+        nr, nc = triton.cdiv(rows, bn), triton.cdiv(cols, bk)
+        padded = torch.zeros((E, nr * bn, nc * bk), dtype=torch.float32, device=w.device)
+        padded[:, :rows, :cols] = wf
+        blocks = padded.view(E, nr, bn, nc, bk)
+        scale = (blocks.abs().amax(dim=(2, 4)) / qmax(dtype)).clamp_min(1e-10)
+        q = _to_storage(blocks / scale[:, :, None, :, None], dtype).view(E, nr * bn, nc * bk)
+        return q[:, :rows, :cols].contiguous(), scale
+    if per_channel or quant_dtype == "int8_w8a16":
+        scale = (wf.abs().amax(dim=2) / qmax(dtype)).clamp_min(1e-10)
+        return _to_storage(wf / scale[:, :, None], dtype), scale
+    scale = (wf.abs().amax(dim=(1, 2)) / qmax(dtype)).clamp_min(1e-10)
+    return _to_storage(wf / scale[:, None, None], dtype), scale
+
+
+def dequantize_weights(q: torch.Tensor, scale: torch.Tensor | None, *, block_shape=None) -> torch.Tensor:
+    """Float32 weights [E, rows, cols] from a quantized tensor and its scale (any layout above)."""
+    wf = q.float()
+    if scale is None:
+        return wf
+    E, rows, cols = q.shape
+    if block_shape is not None:
+        bn, bk = block_shape
+        s = scale.float().repeat_interleave(bn, dim=1).repeat_interleave(bk, dim=2)
+        return wf * s[:, :rows, :cols]
+    if scale.dim() == 1:
+        return wf * scale.float()[:, None, None]
+    return wf * scale.float().reshape(E, rows)[:, :, None]

@@ -1,0 +1,82 @@
+"""Routing: pick each token's experts, then group the (token, expert) pairs by expert for the GEMM kernel."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from ._kernels import _moe_align
+
+
+def fused_topk(
+    hidden_states: torch.Tensor, gating_output: torch.Tensor, topk: int, renormalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the router logits, then the top-k experts per token.
+
+    Returns (topk_weights [M, topk] float32, topk_ids [M, topk] int32).
+    """
+    if gating_output.dim() != 2 or gating_output.shape[0] != hidden_states.shape[0]:
+        raise ValueError(
+            f"gating_output must be [M, E] with M = hidden_states.shape[0] = {hidden_states.shape[0]}; "
+            f"got {tuple(gating_output.shape)}"
+        )
+    if not 1 <= topk <= gating_output.shape[1]:
+        raise ValueError(f"topk must be in 1..E={gating_output.shape[1]}, got {topk}")
+    probs = torch.softmax(gating_output.float(), dim=-1)
+    weights, ids = torch.topk(probs, topk, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids.to(torch.int32)
+
+
+def max_padded_tokens(numel: int, num_experts: int, block_size: int) -> int:
+    """Upper bound of the aligned length: each non-empty expert adds at most block_size - 1 rows of padding."""
+    return numel + min(num_experts, numel) * (block_size - 1)
+
+
+def moe_align_block_size(
+    topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort the flattened (token, k) entries by expert, each expert's run padded to a multiple of block_size.
+
+    Returns:
+      sorted_token_ids [max_padded] int32: flat entry index (m * topk + k), or topk_ids.numel() for padding;
+      expert_ids [max_padded / block_size] int32: the (local) expert of each block, -1 past the end;
+      num_tokens_post_padded [1] int32: the used length of sorted_token_ids.
+    Sizes depend only on the input sizes and nothing waits on the host, so the call can be captured in a CUDA graph.
+    ``num_experts`` is the local expert count; with ``expert_map`` ([E_global] int32, -1 for experts of other
+    ranks) entries of non-local experts are left out.
+    """
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two, got {block_size}")
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be positive, got {num_experts}")
+    device = topk_ids.device
+    numel = topk_ids.numel()
+    max_padded = max_padded_tokens(numel, num_experts, block_size)
+    max_blocks = triton.cdiv(max_padded, block_size)
+    sorted_ids = torch.empty(max_padded, dtype=torch.int32, device=device)
+    expert_ids = torch.empty(max_blocks, dtype=torch.int32, device=device)
+    num_post = torch.empty(1, dtype=torch.int32, device=device)
+    launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expert_ids, num_post)
+    return sorted_ids, expert_ids, num_post
+
+
+def align_bins(num_experts: int) -> int:
+    # One extra bin collects the entries that are skipped.
+    return max(16, triton.next_power_of_2(num_experts + 1))
+
+
+def launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expert_ids, num_post, cursor=None, warmup=False):
+    """Fill preallocated alignment buffers (used by moe_align_block_size and the fused op's workspace)."""
+    bins = align_bins(num_experts)
+    if cursor is None:
+        cursor = torch.empty(bins, dtype=torch.int32, device=sorted_ids.device)
+    args = [topk_ids, expert_map, sorted_ids, expert_ids, num_post, cursor,
+            topk_ids.numel(), sorted_ids.numel(), expert_ids.numel(), num_experts]
+    meta = dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, HAS_MAP=expert_map is not None,
+                CHUNK=1024, BLOCK_CHUNK=max(16, 8192 // bins), num_warps=8)
+    if warmup:
+        _moe_align.warmup(*[a.dtype if isinstance(a, torch.Tensor) else a for a in args], grid=(1,), **meta)
+    else:
+        _moe_align[(1,)](*args, **meta)

@@ -1,0 +1,130 @@
+"""Seeded random inputs for one kernel shape and batch size: shared by tests, the tuner, the benchmark and verify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .quant import quantize_weights, storage_dtype
+from .routing import fused_topk
+from .shapes import KernelShape
+
+
+@dataclass
+class MoEInputs:
+    hidden_states: torch.Tensor
+    w1: torch.Tensor
+    w2: torch.Tensor
+    topk_weights: torch.Tensor
+    topk_ids: torch.Tensor
+    gating_output: torch.Tensor | None = None
+    quant_dtype: str | None = None
+    w1_scale: torch.Tensor | None = None
+    w2_scale: torch.Tensor | None = None
+    a1_scale: torch.Tensor | None = None
+    a2_scale: torch.Tensor | None = None
+    block_shape: tuple | None = None
+    per_channel: bool = False
+    expert_map: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of fused_experts / fused_experts_ref (everything but config)."""
+        return dict(hidden_states=self.hidden_states, w1=self.w1, w2=self.w2, topk_weights=self.topk_weights,
+                    topk_ids=self.topk_ids, quant_dtype=self.quant_dtype, w1_scale=self.w1_scale,
+                    w2_scale=self.w2_scale, a1_scale=self.a1_scale, a2_scale=self.a2_scale,
+                    block_shape=self.block_shape, per_channel=self.per_channel, expert_map=self.expert_map)
+
+
+def hidden_dtype(shape: KernelShape) -> torch.dtype:
+    return torch.float16 if shape.dtype == "fp16" else torch.bfloat16
+
+
+def _routing(shape: KernelShape, M: int, routing: str, gen: torch.Generator, device):
+    E, topk = shape.E, shape.topk
+    logits = torch.randn((M, E), generator=gen, device=device, dtype=torch.float32)
+    if routing == "uniform":
+        weights, ids = fused_topk(logits, logits, topk, renormalize=True)
+        return logits, weights, ids
+    if routing.startswith("zipf:"):
+        try:
+            s = float(routing.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"routing {routing!r}: expected zipf:<exponent>, e.g. zipf:1.2") from None
+        probs = 1.0 / torch.arange(1, E + 1, device=device, dtype=torch.float32) ** s
+        ids = torch.multinomial(probs.expand(M, E), topk, replacement=False, generator=gen).to(torch.int32)
+    else:
+        ids = load_recorded_ids(routing, M, shape).to(device)
+    weights = torch.softmax(logits, dim=-1).gather(1, ids.long())
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return logits, weights, ids
+
+
+def load_recorded_ids(path, M: int, shape: KernelShape) -> torch.Tensor:
+    """Top-k ids recorded from a real run ([tokens, topk], .npy or .pt); rows are reused cyclically to fill M."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"routing: {path} is neither 'uniform', 'zipf:<s>' nor an existing .npy/.pt file of top-k ids")
+    data = np.load(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu")
+    ids = torch.as_tensor(data).to(torch.int32)
+    if ids.dim() != 2 or ids.shape[1] != shape.topk or ids.numel() == 0:
+        raise ValueError(f"{path}: expected top-k ids of shape [tokens, {shape.topk}], got {list(ids.shape)}")
+    if int(ids.min()) < 0 or int(ids.max()) >= shape.E:
+        raise ValueError(f"{path}: expert ids must lie in 0..{shape.E - 1}")
+    reps = -(-M // ids.shape[0])
+    return ids.repeat(reps, 1)[:M].contiguous()
+
+
+def make_inputs(shape: KernelShape, M: int, *, routing: str = "uniform", seed: int = 0, device=None) -> MoEInputs:
+    """Random (never zero) activations, weights and routing for one call; same seed and device, same inputs."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dt = hidden_dtype(shape)
+    E, N, K = shape.E, shape.N, shape.K
+    x = torch.randn((M, K), generator=gen, device=device, dtype=torch.float32).to(dt)
+    # Weights scaled so each GEMM's outputs stay O(1), as in a trained layer.
+    w1 = (torch.randn((E, 2 * N, K), generator=gen, device=device, dtype=torch.float32) / K ** 0.5)
+    w2 = (torch.randn((E, K, N), generator=gen, device=device, dtype=torch.float32) / N ** 0.5)
+    logits, weights, ids = _routing(shape, M, routing, gen, device)
+    inputs = MoEInputs(x, w1.to(dt), w2.to(dt), weights, ids, logits)
+    if shape.quant_dtype is not None:
+        inputs.quant_dtype = shape.quant_dtype
+        inputs.block_shape = shape.block_shape
+        inputs.per_channel = shape.per_channel
+        inputs.w1, inputs.w1_scale = quantize_weights(w1, shape.quant_dtype, block_shape=shape.block_shape,
+                                                      per_channel=shape.per_channel)
+        inputs.w2, inputs.w2_scale = quantize_weights(w2, shape.quant_dtype, block_shape=shape.block_shape,
+                                                      per_channel=shape.per_channel)
+    return inputs
+
+
+def meta_inputs(shape: KernelShape, M: int) -> MoEInputs:
+    """Shape-only tensors ('meta' device) with the dtypes and strides of make_inputs, for compiling."""
+    meta = dict(device="meta")
+    dt = hidden_dtype(shape)
+    wdt = storage_dtype(shape.quant_dtype) if shape.quant_dtype else dt
+    E, N, K = shape.E, shape.N, shape.K
+    inputs = MoEInputs(
+        torch.empty((M, K), dtype=dt, **meta),
+        torch.empty((E, 2 * N, K), dtype=wdt, **meta),
+        torch.empty((E, K, N), dtype=wdt, **meta),
+        torch.empty((M, shape.topk), dtype=torch.float32, **meta),
+        torch.empty((M, shape.topk), dtype=torch.int32, **meta),
+    )
+    if shape.quant_dtype is not None:
+        inputs.quant_dtype, inputs.block_shape, inputs.per_channel = shape.quant_dtype, shape.block_shape, shape.per_channel
+        f32 = dict(dtype=torch.float32, **meta)
+        if shape.block_shape is not None:
+            bn, bk = shape.block_shape
+            inputs.w1_scale = torch.empty((E, -(-2 * N // bn), -(-K // bk)), **f32)
+            inputs.w2_scale = torch.empty((E, -(-K // bn), -(-N // bk)), **f32)
+        elif shape.per_channel or shape.quant_dtype == "int8_w8a16":
+            inputs.w1_scale, inputs.w2_scale = torch.empty((E, 2 * N), **f32), torch.empty((E, K), **f32)
+        else:
+            inputs.w1_scale, inputs.w2_scale = torch.empty((E,), **f32), torch.empty((E,), **f32)
+    return inputs
