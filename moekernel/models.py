@@ -262,9 +262,7 @@ def _unknown_model(model: str) -> ValueError:
 
 def _load_root_config(model: str, trust_remote_code: bool):
     path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model folder {str(path)!r} has no config.json")
+    if (path / "config.json").is_file():
         return _from_pretrained(str(path), path / "config.json", trust_remote_code)
     if path.is_file() and path.suffix == ".json":
         with open(path, encoding="utf-8") as f:
@@ -275,6 +273,8 @@ def _load_root_config(model: str, trust_remote_code: bool):
     cached = _cached_config_json(model)
     if cached is not None:
         return _from_pretrained(model, cached, trust_remote_code)
+    if path.is_dir():  # checked last: a stray folder named like a catalog model must not shadow it
+        raise ValueError(f"model folder {str(path)!r} has no config.json")
     raise _unknown_model(model)
 
 
@@ -287,17 +287,20 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
+def _is_config(value: Any) -> bool:
+    return isinstance(value, Mapping) or hasattr(value, "to_dict")
+
+
 def _sub_config_names(config: Any) -> list[str]:
+    """Attributes that look like sub-configs, for error messages (dict-valued settings left out)."""
     items = config.items() if isinstance(config, Mapping) else vars(config).items()
     skip = {"id2label", "label2id", "quantization_config", "rope_scaling", "rope_parameters"}
-    return sorted(
-        k for k, v in items if k not in skip and not k.startswith("_") and (isinstance(v, Mapping) or hasattr(v, "to_dict"))
-    )
+    return sorted(k for k, v in items if k not in skip and not k.startswith("_") and _is_config(v))
 
 
 def _descend(config: Any, prefix: str, model: str) -> Any:
     sub = _get(config, prefix)
-    if sub is None or not (isinstance(sub, Mapping) or hasattr(sub, "to_dict")):
+    if not _is_config(sub):
         names = ", ".join(_sub_config_names(config)) or "none"
         raise ValueError(f"{model}: prefix {prefix!r} is not a sub-config of its config (sub-configs: {names})")
     return sub
