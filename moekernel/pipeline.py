@@ -1,0 +1,263 @@
+"""The pipeline's plan: validate config.yaml, resolve models to kernel keys, list the tune jobs.
+
+``rules/common.smk`` calls :func:`make_plan` once while Snakemake parses the workflow. Everything a
+tune job's result depends on ends up in :attr:`Plan.settings`, which the tune rule passes as a
+param: Snakemake re-runs a job whose params changed, so changing search/timing settings or the
+kernel source re-runs exactly the affected tune jobs, and nothing else does.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import jsonschema
+import yaml
+
+from moekernel.shapes import KernelShape
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO / "schema" / "config.schema.yaml"
+#: Sources whose change invalidates timings (the kernel itself, not the tuner around it).
+KERNEL_SOURCES = ("moekernel/_kernels*.py", "moekernel/fused_moe.py")
+DEMO_MODEL = "demo"
+
+
+class ConfigError(Exception):
+    """A problem with config.yaml or the models it names; the message is meant for the user as is."""
+
+
+# ---------------------------------------------------------------- config validation
+
+
+def _with_defaults(validator_class):
+    """A validator class that fills in each property's ``default`` before checking it."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _where(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line naming the key, the bad value and what is allowed."""
+    key = _where(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    v = error.validator
+    if v == "enum":
+        allowed = ", ".join(str(x) for x in error.validator_value)
+        return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {allowed}"
+    if v == "additionalProperties":
+        known = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(known))
+        return f"unknown config key(s) {', '.join(repr(_where([*error.absolute_path, x])) for x in extra)}; allowed keys here: {', '.join(known)}"
+    if v == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        where = "" if not error.absolute_path else f" under '{key}'"
+        return f"missing required config key(s) {', '.join(map(repr, missing))}{where}"
+    if v in ("oneOf", "anyOf"):
+        # A value of the right kind but wrong content (a mapping with a misspelt parameter, say):
+        # the error from inside that branch says more than "matches none of". Branches that
+        # failed only because the value is of another kind say nothing useful.
+        kind_only = ("type", "enum", "pattern")
+        deeper = [e for e in error.context
+                  if len(e.absolute_path) > len(error.absolute_path) or e.validator not in kind_only]
+        if deeper:
+            return _describe(jsonschema.exceptions.best_match(deeper))
+        what = schema.get("description") or " or ".join(json.dumps(s) for s in error.validator_value)
+        return f"config key '{key}': {error.instance!r} is not valid; expected {what}"
+    if v == "pattern":
+        what = schema.get("description") or f"a string matching {error.validator_value}"
+        return f"config key '{key}': {error.instance!r} is not valid; expected {what}"
+    return f"config key '{key}': {error.message}"
+
+
+def load_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
+    """Return a validated deep copy of ``config`` with every default filled in, or raise ConfigError."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config = copy.deepcopy(dict(config))
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
+        raise ConfigError(f"invalid pipeline config:\n{lines}")
+    # Mapping entries normalise to one form; strings keep the catalog/hub/folder name.
+    config["models"] = [m if isinstance(m, dict) else {"name": m, "prefix": None, "trust_remote_code": False}
+                        for m in config["models"]]
+    return config
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    backend: str                      # resolved: cuda | interpret
+    demo: bool                        # no CUDA device: a tiny demo shape replaces the models
+    shapes: list[dict]                # rows of the `shapes` table
+    keys: list[str]                   # unique kernel keys, in config order
+    batch_sizes: list[int]
+    settings: dict                    # everything a tune job's result depends on, besides key and M
+    config: dict                      # the validated config, defaults filled in
+    requested_keys: list[str] = field(default_factory=list)  # what a GPU would tune (shown in demo mode)
+
+    def shard(self, key: str, batch_size: int) -> str:
+        return f"results/timings/{key}/bs{batch_size}.parquet"
+
+    def shards(self) -> list[str]:
+        return [self.shard(k, m) for k in self.keys for m in self.batch_sizes]
+
+    def tune_args(self) -> str:
+        """The tuner CLI options shared by every tune job (see docs/ARCHITECTURE.md)."""
+        s = self.settings
+        args = ["--strategy", s["strategy"], "--space", s["space"], "--iters", str(s["iters"]),
+                "--routing", s["routing"], "--seed", str(s["seed"]), "--backend", s["backend"]]
+        if s["split"]:
+            args.append("--split")
+        return shlex.join(args)
+
+    def banner(self) -> str | None:
+        if self.demo:
+            bar = "!" * 78
+            return "\n".join([
+                bar,
+                "!! NO CUDA DEVICE: DEMO RUN IN THE TRITON INTERPRETER (backend: auto)",
+                f"!! Tuning the tiny demo shape {', '.join(self.keys)} at batch sizes {self.batch_sizes}",
+                f"!! instead of {', '.join(self.requested_keys)}.",
+                "!! Timings are meaningless; configs are written for device 'cpu-interpreter' and",
+                "!! can never pass for GPU configs. Run on a GPU machine (or backend: cuda) for real ones.",
+                bar,
+            ])
+        if self.backend == "interpret":
+            return "!! backend: interpret -- Triton interpreter on the CPU; timings are meaningless."
+        return None
+
+
+def kernel_source_hash(root: Path = REPO) -> str:
+    """Hash of the kernel sources that timings depend on (file names and contents)."""
+    h = hashlib.sha256()
+    for pattern in KERNEL_SOURCES:
+        for path in sorted(root.glob(pattern)):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _space_arg(space: Any) -> str:
+    """The --space argument: a name as is, a mapping or JSON file as canonical JSON (so its content is tracked)."""
+    if isinstance(space, dict):
+        return json.dumps(space, sort_keys=True, separators=(",", ":"))
+    if space.endswith(".json"):
+        path = Path(space)
+        if not path.is_file():
+            raise ConfigError(f"config key 'search.space': file {space!r} does not exist")
+        return _space_arg(json.loads(path.read_text()))
+    return space
+
+
+def routing_file(routing: str) -> str | None:
+    """The recorded top-k ids file, if routing names one (an input of every tune job)."""
+    return None if routing == "uniform" or routing.startswith("zipf:") else routing
+
+
+def resolve_shapes(config: dict, kernel_shape: Callable) -> list[dict]:
+    """One row per (model, tp, dtype); errors from moekernel.models become one ConfigError."""
+    rows = []
+    for entry in config["models"]:
+        for tp in config["tp_sizes"]:
+            for dtype in config["dtypes"]:
+                try:
+                    s = kernel_shape(entry["name"], tp_size=tp, expert_parallel=config["expert_parallel"],
+                                     dtype=dtype, prefix=entry.get("prefix"),
+                                     trust_remote_code=entry.get("trust_remote_code", False))
+                except Exception as exc:  # models raises plain, clear errors: pass their text on
+                    raise ConfigError(f"model {entry['name']!r} (tp_size={tp}, dtype={dtype}): {exc}") from exc
+                rows.append(shape_row(entry["name"], tp, config["expert_parallel"], dtype, s))
+    return rows
+
+
+def shape_row(model: str, tp: int, ep: bool, dtype: str, s) -> dict:
+    block = f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None
+    return {"model": model, "tp": tp, "ep": bool(ep), "dtype": dtype, "key": s.key,
+            "E": s.E, "N": s.N, "K": s.K, "topk": s.topk, "kernel_dtype": s.dtype, "block_shape": block,
+            "note": getattr(s, "note", None)}
+
+
+def unique_keys(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["key"] for r in rows))
+
+
+def check_file_collisions(keys: list[str]) -> None:
+    """Engine file names lack K and top-k (and bf16/fp16): two such keys would share one file.
+
+    Checked before any tuning so hours are not spent on configs that could not both be written.
+    """
+    seen: dict[tuple, str] = {}
+    for key in keys:
+        s = KernelShape.from_key(key)
+        name = (s.E, s.N, s.config_dtype, s.block_shape)
+        if name in seen:
+            raise ConfigError(
+                f"kernel keys {seen[name]} and {key} would be written to the same engine config file "
+                f"(E={s.E}, N={s.N}, dtype={s.config_dtype or 'bf16/fp16'}, block_shape={s.block_shape}); "
+                "the file name has no K or top-k. Tune them in separate runs (separate --directory).")
+        seen[name] = key
+
+
+def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | None = None,
+              kernel_hash: str | None = None) -> Plan:
+    """Validated config → the list of kernel keys and batch sizes to tune, and the settings they share."""
+    config = load_config(config)
+    if kernel_shape is None:
+        from moekernel.models import kernel_shape
+    rows = resolve_shapes(config, kernel_shape)
+    requested = unique_keys(rows)
+
+    backend = config["backend"]
+    demo = backend == "auto" and not cuda_available
+    if backend == "auto":
+        backend = "cuda" if cuda_available else "interpret"
+
+    strategy, space, iters = config["search"]["strategy"], config["search"]["space"], config["timing"]["iters"]
+    batch_sizes = list(config["batch_sizes"])
+    if demo:
+        d = config["demo"]
+        try:
+            shape = KernelShape.from_key(d["shape"])
+        except ValueError as exc:
+            raise ConfigError(f"config key 'demo.shape': {exc}") from exc
+        rows = [shape_row(DEMO_MODEL, 1, False, shape.dtype, shape)]
+        strategy, space, iters, batch_sizes = "exhaustive", d["space"], d["iters"], list(d["batch_sizes"])
+    keys = unique_keys(rows)
+    check_file_collisions(keys)
+
+    settings = {
+        "strategy": strategy,
+        "space": _space_arg(space),
+        "iters": iters,
+        "routing": config["routing"],
+        "seed": config["seed"],
+        "split": config["split"],
+        "backend": backend,
+        "kernel_hash": kernel_hash or kernel_source_hash(),
+    }
+    return Plan(backend=backend, demo=demo, shapes=rows, keys=keys, batch_sizes=sorted(batch_sizes),
+                settings=settings, config=config, requested_keys=requested)
