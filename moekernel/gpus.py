@@ -1,0 +1,122 @@
+"""One GPU per job on a workstation: a pool of lock files, one per visible GPU.
+
+Snakemake's global ``gpu`` resource (set to the number of visible GPUs) already bounds how many GPU jobs
+run at once, but not *which* GPU each uses. A job takes the first free GPU by locking its file with
+``flock``, sets ``CUDA_VISIBLE_DEVICES`` to that one id, and keeps the lock for its whole life: the
+lock is an open file description, so it survives ``exec`` and is dropped by the kernel when the
+process exits, even on a crash or kill. Nothing can be left stale.
+
+The lock folder is namespaced by host and SLURM job id: under the SLURM executor every job gets its
+own allocation (and often sees its GPU as device 0), so jobs must not share a namespace; a whole
+Snakemake run inside one ``salloc`` shares one, as on a workstation.
+
+CLI (the tune rule's launcher)::
+
+    python -m moekernel.gpus --pool results/.gpu-locks -- python -m moekernel.tune ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+_held: list[int] = []  # lock file descriptors this process keeps until it exits
+
+#: Set by the Snakefile to the GPUs it saw, so jobs need not ask CUDA: asking initialises the driver,
+#: after which CUDA_VISIBLE_DEVICES can no longer be narrowed in that process.
+ENV_GPUS = "MOEKERNEL_VISIBLE_GPUS"
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA device ids this process may use, as CUDA_VISIBLE_DEVICES would name them.
+
+    An existing CUDA_VISIBLE_DEVICES (SLURM sets one) is respected: its entries (indices, UUIDs or MIG
+    ids) are kept as they are, cut to the devices the driver really shows.
+    """
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # no usable torch/CUDA: no GPUs
+        count = 0
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return [str(i) for i in range(count)]
+    ids = []
+    for part in env.split(","):
+        part = part.strip()
+        if not part or part.startswith("-"):  # CUDA stops at the first invalid entry
+            break
+        ids.append(part)
+    return ids[:count]
+
+
+def pool_dir(root: str | os.PathLike) -> Path:
+    namespace = socket.gethostname()
+    if os.environ.get("SLURM_JOB_ID"):
+        namespace += f"-slurm{os.environ['SLURM_JOB_ID']}"
+    return Path(root) / namespace
+
+
+def acquire(root: str | os.PathLike, gpus: list[str], *, poll_s: float = 0.5,
+            timeout_s: float | None = None) -> tuple[str, int]:
+    """Lock the first free GPU of ``gpus``; wait while all are taken. Returns (gpu id, lock fd)."""
+    folder = pool_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        for gpu in gpus:
+            path = folder / f"gpu-{gpu.replace('/', '_')}.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a human looking
+            return gpu, fd
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"no free GPU among {gpus} after {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def pin_process(root: str | os.PathLike, gpus: list[str] | None = None) -> str | None:
+    """Take a GPU for the rest of this process's life and make it the only visible one.
+
+    Call before anything initialises CUDA. Returns the id, or None when no GPU is visible.
+    """
+    if gpus is None:
+        env = os.environ.get(ENV_GPUS)
+        gpus = [g for g in env.split(",") if g] if env is not None else visible_gpus()
+    if not gpus:
+        return None
+    gpu, fd = acquire(root, gpus)
+    os.set_inheritable(fd, True)  # children (and exec) keep holding it
+    _held.append(fd)
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return gpu
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m moekernel.gpus",
+                                     description="run a command pinned to one free GPU of this machine")
+    parser.add_argument("--pool", required=True, help="lock folder shared by the jobs of one run")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    gpu = pin_process(args.pool)
+    if gpu is not None:
+        print(f"[moekernel.gpus] {socket.gethostname()}: running on GPU {gpu}", file=sys.stderr, flush=True)
+    os.execvp(command[0], command)  # the lock fd stays open in the command's process
+
+
+if __name__ == "__main__":
+    main()
