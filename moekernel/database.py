@@ -1,0 +1,111 @@
+"""results/tuning.duckdb: every timing ever measured, queryable with SQL.
+
+Parquet shards (one per tune job) and the verify results are the source of truth; :func:`build` turns
+them into a fresh database file in one go (written beside the target, then renamed), so the pipeline
+has exactly one writer and the database can always be rebuilt. :func:`open_shards` gives the same
+``timings``/``winners`` relations over the shards without a database file, for the select rule.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import duckdb
+import pandas as pd
+
+#: Views created in every database; the README's SQL examples build on them.
+VIEWS = {
+    # The tuner's verified choices: one `both` row per (key, batch size), or an `up` and a `down` row.
+    "winners": "SELECT * FROM timings WHERE winner",
+    # Every config of the search within 2% of the fastest one (how flat the optimum is).
+    "near_best": """
+        SELECT * FROM (
+            SELECT *, time_us / min(time_us) OVER (PARTITION BY key, batch_size, gemm, device) AS slowdown
+            FROM timings WHERE status = 'ok'
+        ) WHERE slowdown <= 1.02""",
+    "failures": """
+        SELECT key, status, count(*) AS n, any_value(error) AS example_error
+        FROM timings WHERE status <> 'ok' GROUP BY key, status""",
+    # Tuned against the kernel's default config and the baseline files, per key and batch size.
+    "speedup": """
+        SELECT t.key, t.batch_size, t.device, t.backend, t.time_us AS tuned_us,
+               d.time_us AS default_us, b.time_us AS baseline_us,
+               d.time_us / t.time_us AS speedup_vs_default,
+               b.time_us / t.time_us AS speedup_vs_baseline,
+               t.ok AS tuned_ok, t.rel_error AS tuned_rel_error
+        FROM comparisons t
+        LEFT JOIN comparisons d ON d.key = t.key AND d.batch_size = t.batch_size AND d.source = 'default'
+        LEFT JOIN comparisons b ON b.key = t.key AND b.batch_size = t.batch_size AND b.source = 'baseline'
+        WHERE t.source = 'tuned'""",
+    # Which model/tp/dtype each winner serves (a key may serve several).
+    "model_configs": """
+        SELECT s.model, s.tp, s.ep, s.dtype AS requested_dtype, w.*
+        FROM shapes s JOIN winners w USING (key)""",
+}
+
+#: The comparisons table as verify writes it (moekernel.verify.COLUMNS keeps the same order).
+COMPARISONS_SCHEMA = {
+    "key": "VARCHAR", "batch_size": "BIGINT", "source": "VARCHAR", "time_us": "DOUBLE",
+    "rel_error": "DOUBLE", "ok": "BOOLEAN", "config": "VARCHAR", "config_batch_size": "BIGINT",
+    "device": "VARCHAR", "backend": "VARCHAR", "note": "VARCHAR",
+}
+
+SHAPES_SCHEMA = {
+    "model": "VARCHAR", "tp": "BIGINT", "ep": "BOOLEAN", "dtype": "VARCHAR", "key": "VARCHAR", "E": "BIGINT",
+    "N": "BIGINT", "K": "BIGINT", "topk": "BIGINT", "kernel_dtype": "VARCHAR", "block_shape": "VARCHAR",
+    "note": "VARCHAR",  # what dtype=auto could not follow, from moekernel.models
+}
+
+
+def _sql_list(paths: Iterable) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _create_table(con, name: str, rows: pd.DataFrame | list[dict], schema: dict) -> None:
+    """A typed table, so it exists with its columns even when there are no rows."""
+    cols = ", ".join(f'"{c}" {t}' for c, t in schema.items())
+    con.execute(f"CREATE TABLE {name} ({cols})")
+    df = pd.DataFrame(rows, columns=list(schema))
+    if len(df):
+        con.register("_rows", df)
+        con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _rows")
+        con.unregister("_rows")
+
+
+def open_shards(shards: list) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with ``timings`` and ``winners`` views over the shard files."""
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW timings AS SELECT * FROM read_parquet({_sql_list(shards)}, union_by_name = true)")
+    con.execute(f"CREATE VIEW winners AS {VIEWS['winners']}")
+    return con
+
+
+def build(db_path, shards: list, shapes: list[dict], comparisons: list | None = None,
+          meta: dict | None = None) -> Path:
+    """Write a fresh database: tables shapes, timings, comparisons, meta, and the :data:`VIEWS`."""
+    db_path = Path(db_path)
+    tmp = db_path.with_name(db_path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        con.execute(f"CREATE TABLE timings AS SELECT * FROM read_parquet({_sql_list(shards)}, union_by_name = true)"
+                    " ORDER BY key, batch_size, gemm, time_us NULLS LAST")
+        _create_table(con, "shapes", shapes, SHAPES_SCHEMA)
+        _create_table(con, "comparisons", _comparisons(comparisons or []), COMPARISONS_SCHEMA)
+        meta_rows = [{"name": k, "value": str(v)} for k, v in sorted((meta or {}).items())]
+        _create_table(con, "meta", meta_rows, {"name": "VARCHAR", "value": "VARCHAR"})
+        for name, sql in VIEWS.items():
+            con.execute(f"CREATE VIEW {name} AS {sql}")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(tmp, db_path)
+    return db_path
+
+
+def _comparisons(files: list) -> pd.DataFrame:
+    frames = [df for df in map(pd.read_parquet, files) if len(df)]
+    return pd.concat(frames, ignore_index=True) if frames else []
