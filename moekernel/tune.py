@@ -1,0 +1,85 @@
+"""``python -m moekernel.tune``: tune one kernel shape at one batch size on one device into one Parquet shard.
+
+    python -m moekernel.tune --key E8-N7168-K4096-top2-bf16 --batch-size 64 --out results/timings/KEY/bs64.parquet
+
+Exit status: 0 when the shard is written, 75 when a CUDA error broke the process's context (the checkpoint is
+saved: run the same command again to resume), 2 for bad arguments, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+_REEXEC_FLAG = "_MOEKERNEL_TUNE_REEXEC"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m moekernel.tune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--key", required=True, help="kernel key, e.g. E8-N7168-K4096-top2-bf16")
+    p.add_argument("--batch-size", type=int, required=True, help="M, the tokens of one call")
+    p.add_argument("--out", required=True, help="the shard to write (.parquet); <out>.partial is its checkpoint")
+    p.add_argument("--strategy", default="fast", help="exhaustive, fast, or fast:eta=4,radius=2,...")
+    p.add_argument("--space", default="vllm", help="'vllm', or a JSON object / file of parameter -> values")
+    p.add_argument("--split", action="store_true", help="tune the up and down GEMMs separately")
+    p.add_argument("--iters", type=int, default=20, help="CUDA-graph replays timed per finalist")
+    p.add_argument("--routing", default="uniform", help="uniform, zipf:<s>, or a .npy/.pt file of top-k ids")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--backend", default="auto", choices=("auto", "cuda", "interpret"))
+    p.add_argument("--jobs", type=int, default=None, help="compile workers (1: compile in this process); "
+                   "default: min(16, CPUs available)")
+    p.add_argument("--seed-from", nargs="+", action="extend", default=[], metavar="SHARD",
+                   help="shards of the same key at other batch sizes whose best configs seed the fast strategy")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the summary line is still printed)")
+    return p
+
+
+def _reexec_for_interpreter() -> None:
+    """Triton decides interpreter or compiler when a kernel is defined, and ``python -m moekernel.tune`` imports
+    the package (and so the kernels) before this code runs; start again with TRITON_INTERPRET=1 set."""
+    if os.environ.get(_REEXEC_FLAG):
+        raise RuntimeError("kernels still not in interpreter mode after setting TRITON_INTERPRET=1")
+    env = dict(os.environ, TRITON_INTERPRET="1", **{_REEXEC_FLAG: "1"})
+    sys.stdout.flush(), sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "moekernel.tune", *sys.argv[1:]], env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, resolve_backend, tune
+
+    wants_interpreter = args.backend == "interpret" or (
+        args.backend == "auto" and (os.environ.get("TRITON_INTERPRET") == "1" or not _cuda_available()))
+    if wants_interpreter and kernels_mode() == "cuda":
+        if argv is not None:  # called as a function: never replace the caller's process
+            raise RuntimeError("set TRITON_INTERPRET=1 before importing moekernel to tune with the interpreter")
+        _reexec_for_interpreter()
+    # A cancelled job (Snakemake, Slurm) gets SIGTERM: unwind, so the checkpoint is written on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        frame = tune(args.key, args.batch_size, out=args.out, strategy=args.strategy, space=args.space,
+                     split=args.split, iters=args.iters, routing=args.routing, seed=args.seed,
+                     backend=resolve_backend(args.backend), jobs=args.jobs, seed_from=args.seed_from,
+                     progress=not args.quiet)
+    except ContextPoisoned as exc:
+        print(f"moekernel.tune: {exc}", file=sys.stderr)
+        return EXIT_RESUME
+    except ValueError as exc:  # bad key, space, routing...: say what, without a traceback
+        print(f"moekernel.tune: error: {exc}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        print(frame.attrs["summary"], file=sys.stderr)
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

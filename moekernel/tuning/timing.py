@@ -1,0 +1,107 @@
+"""Timing one zero-argument callable: the one method the tuner, the benchmarks and the pipeline's verify share.
+
+On CUDA, ``calls_per_graph`` calls are captured in one CUDA graph, so launch overhead (large next to a
+few-microsecond kernel at small batch sizes) is not timed; the graph is replayed ``iters`` times, each replay
+between its own pair of events, and a replay's time divided by ``calls_per_graph`` is one sample. The median is
+the figure, p20/p80 the spread. The kernels see the same inputs every call (inputs stay in L2 when they fit, as
+in the engines' tuners).
+
+With the Triton interpreter the kernel runs through NumPy on the CPU: the figures only keep the code path alive
+and mean nothing; the tuner labels such rows ``backend=interpret``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The interpreter is slow and its timings meaningless: never time it more than this.
+INTERPRET_MAX_ITERS = 2
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Microseconds per call: median and the 20th/80th percentiles over ``iters`` samples."""
+
+    median_us: float
+    p20_us: float
+    p80_us: float
+    iters: int
+
+    @classmethod
+    def from_samples(cls, samples_us) -> "Timing":
+        x = np.asarray(samples_us, dtype=np.float64)
+        p20, median, p80 = np.percentile(x, [20, 50, 80])
+        return cls(float(median), float(p20), float(p80), int(x.size))
+
+
+def time_callable(
+    fn: Callable[[], object],
+    *,
+    iters: int = 20,
+    calls_per_graph: int = 10,
+    warmup: int = 2,
+    backend: str = "cuda",
+) -> Timing:
+    """Time ``fn`` (which must only launch work on preallocated buffers, so a CUDA graph can hold it).
+
+    ``warmup`` graph replays run untimed after one eager call (which loads, or compiles, the kernels: that must
+    never happen inside a capture). Exceptions from ``fn`` propagate; a CUDA error may leave the context unusable
+    (see :mod:`moekernel.tuning.tuner`).
+    """
+    if iters < 1 or calls_per_graph < 1:
+        raise ValueError("iters and calls_per_graph must be >= 1")
+    if backend == "interpret":
+        return _time_interpreted(fn, min(iters, INTERPRET_MAX_ITERS))
+    if backend != "cuda":
+        raise ValueError(f"backend must be 'cuda' or 'interpret', got {backend!r}")
+    return _time_cuda_graph(fn, iters, calls_per_graph, warmup)
+
+
+def _time_interpreted(fn: Callable[[], object], iters: int) -> Timing:
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e6)
+    return Timing.from_samples(samples)
+
+
+def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int, warmup: int) -> Timing:
+    import torch
+
+    # Eager first call on a side stream, as torch recommends before capturing: kernels get loaded, lazy
+    # workspaces allocated, and errors surface here rather than as an invalidated capture.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(calls_per_graph):
+                fn()
+        for _ in range(warmup):
+            graph.replay()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        for start, end in zip(starts, ends):
+            start.record()
+            graph.replay()
+            end.record()
+        torch.cuda.synchronize()
+        samples = [s.elapsed_time(e) * 1e3 / calls_per_graph for s, e in zip(starts, ends)]
+    finally:
+        # Free the graph's private memory pool now: a tuning job captures hundreds of graphs. After a failed
+        # capture reset may raise as well; the first error is the one to report.
+        try:
+            graph.reset()
+        except Exception:  # noqa: BLE001
+            pass
+    return Timing.from_samples(samples)
