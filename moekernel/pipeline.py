@@ -9,7 +9,6 @@ kernel source re-runs exactly the affected tune jobs, and nothing else does.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -21,10 +20,7 @@ import yaml
 
 from moekernel.shapes import KernelShape
 
-REPO = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO / "schema" / "config.schema.yaml"
-#: Sources whose change invalidates timings (the kernel itself, not the tuner around it).
-KERNEL_SOURCES = ("moekernel/_kernels*.py", "moekernel/fused_moe.py")
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "config.schema.yaml"
 DEMO_MODEL = "demo"
 
 
@@ -129,7 +125,7 @@ class Plan:
     def tune_args(self) -> str:
         """The tuner CLI options shared by every tune job (see docs/ARCHITECTURE.md)."""
         s = self.settings
-        args = ["--strategy", s["strategy"], "--space", s["space"], "--iters", str(s["iters"]),
+        args = ["--quiet", "--strategy", s["strategy"], "--space", s["space"], "--iters", str(s["iters"]),
                 "--routing", s["routing"], "--seed", str(s["seed"]), "--backend", s["backend"]]
         if s["split"]:
             args.append("--split")
@@ -143,22 +139,13 @@ class Plan:
                 "!! NO CUDA DEVICE: DEMO RUN IN THE TRITON INTERPRETER (backend: auto)",
                 f"!! Tuning the tiny demo shape {', '.join(self.keys)} at batch sizes {self.batch_sizes}",
                 f"!! instead of {', '.join(self.requested_keys)}.",
-                "!! Timings are meaningless; configs are written for device 'cpu-interpreter' and",
+                "!! Timings are meaningless; configs are written for a 'cpu-interpreter' device and",
                 "!! can never pass for GPU configs. Run on a GPU machine (or backend: cuda) for real ones.",
                 bar,
             ])
         if self.backend == "interpret":
             return "!! backend: interpret -- Triton interpreter on the CPU; timings are meaningless."
         return None
-
-
-def kernel_source_hash(root: Path = REPO) -> str:
-    """Hash of the kernel sources that timings depend on (file names and contents)."""
-    h = hashlib.sha256()
-    for pattern in KERNEL_SOURCES:
-        for path in sorted(root.glob(pattern)):
-            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def _space_arg(space: Any) -> str:
@@ -228,8 +215,15 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
     config = load_config(config)
     if kernel_shape is None:
         from moekernel.models import kernel_shape
+    if kernel_hash is None:
+        # The tuner's own hash of the kernel sources (also stored in every shard row): a kernel change
+        # re-runs every tune job, a tuner-only change none.
+        from moekernel.tuning.tuner import kernel_hash as tuner_kernel_hash
+
+        kernel_hash = tuner_kernel_hash()
     rows = resolve_shapes(config, kernel_shape)
     requested = unique_keys(rows)
+    check_file_collisions(requested)  # in demo mode too: the config would fail on a GPU
 
     backend = config["backend"]
     demo = backend == "auto" and not cuda_available
@@ -247,7 +241,6 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
         rows = [shape_row(DEMO_MODEL, 1, False, shape.dtype, shape)]
         strategy, space, iters, batch_sizes = "exhaustive", d["space"], d["iters"], list(d["batch_sizes"])
     keys = unique_keys(rows)
-    check_file_collisions(keys)
 
     settings = {
         "strategy": strategy,
@@ -257,7 +250,7 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
         "seed": config["seed"],
         "split": config["split"],
         "backend": backend,
-        "kernel_hash": kernel_hash or kernel_source_hash(),
+        "kernel_hash": kernel_hash,
     }
     return Plan(backend=backend, demo=demo, shapes=rows, keys=keys, batch_sizes=sorted(batch_sizes),
                 settings=settings, config=config, requested_keys=requested)

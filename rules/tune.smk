@@ -1,0 +1,32 @@
+# One job per (kernel key, batch size): the tuner sweeps the search space and writes every candidate's
+# timing to a Parquet shard. Its params hold all it depends on, so a settings or kernel change re-runs
+# exactly these jobs (Snakemake's params rerun trigger), and nothing else does.
+
+
+rule tune:
+    input:
+        [ROUTING_FILE] if ROUTING_FILE else [],
+    output:
+        "results/timings/{key}/bs{bs}.parquet",
+    log:
+        "logs/tune/{key}/bs{bs}.log",
+    params:
+        args=PLAN.tune_args(),
+        kernel_hash=PLAN.settings["kernel_hash"],
+        # Pins the job to one free GPU for its whole life (moekernel/gpus.py); nothing to pin in the interpreter.
+        launcher=f"python -m moekernel.gpus --pool {GPU_POOL} --" if GPU_PER_JOB else "",
+    threads: CFG["tune_threads"] if GPU_PER_JOB else 1  # parallel compiles; the interpreter compiles nothing
+    resources:
+        gpu=GPU_PER_JOB,
+    shell:
+        # Exit status 75: a CUDA error poisoned the tuner's process after it saved its checkpoint; a fresh
+        # process resumes past the culprit. Anything else is final.
+        """
+        : > {log}
+        for attempt in 1 2 3 4 5; do
+            rc=0
+            {params.launcher} python -m moekernel.tune --key {wildcards.key} --batch-size {wildcards.bs} --out {output} --jobs {threads} {params.args} >> {log} 2>&1 || rc=$?
+            [ $rc -eq 75 ] || exit $rc
+        done
+        exit 75
+        """
