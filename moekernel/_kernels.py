@@ -231,7 +231,8 @@ def _moe_sum(
         row_mask = mask
         if HAS_MAP:
             e = tl.load(topk_ids_ptr + m * TOPK + j)
-            row_mask = mask & (tl.load(expert_map_ptr + e) >= 0)
+            # A row of a non-local expert reads nothing: its column limit drops to 0.
+            row_mask = offs < tl.where(tl.load(expert_map_ptr + e) >= 0, K, 0)
         acc += tl.load(c_ptr + (m * TOPK + j) * stride_cm + offs, mask=row_mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + m * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 

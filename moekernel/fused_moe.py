@@ -176,8 +176,8 @@ class _Workspace:
         self.num_post = torch.empty(1, **i32)
         self.cursor = torch.empty(align_bins(spec.E), **i32)
         # Rows of non-local experts are never written; a dynamic per-tensor scale must not see them.
-        zero_rows = spec.has_map and spec.mode == _kernels.QUANT_PER_TENSOR and spec.scales[3] is None
-        alloc = torch.zeros if zero_rows else torch.empty
+        self.zeroed_inter = spec.has_map and spec.mode == _kernels.QUANT_PER_TENSOR and spec.scales[3] is None
+        alloc = torch.zeros if self.zeroed_inter else torch.empty
         self.inter = alloc((numel, spec.N), dtype=spec.dtype, device=device)
         self.out = torch.empty((spec.M, spec.K), dtype=spec.dtype, device=device)
         # Top-1 without expert parallelism: the down GEMM writes the output rows directly.

@@ -1,0 +1,224 @@
+"""fused_experts against the float32 reference, on the GPU or (without one) in the Triton interpreter.
+
+Bounds: the interpreter rounds float32 -> bfloat16 by truncation (the GPU rounds to nearest), which doubles the
+bf16 error there, so bf16 gets 2e-2 on the CPU; fp16 1e-2; quantized modes 3e-2 against a reference that uses the
+same quantized weights and quantizes activations the same way.
+"""
+
+import pytest
+import torch
+
+import moekernel
+from moekernel.fused_moe import make_runner, normalize_config
+from moekernel.reference import fused_experts_ref, relative_error
+from moekernel.shapes import KernelShape
+from moekernel.testing import make_inputs
+
+SMALL = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1)
+BOUND = {"fp16": 1e-2, "bf16": 2e-2, "fp8_w8a8": 3e-2, "int8_w8a16": 3e-2, "int8_w8a8": 3e-2}
+
+
+def run_poisoned(inputs, config):
+    """Run with every output and intermediate buffer filled with NaN first: an unwritten element shows."""
+    call = make_runner(inputs, config)
+    for buf in (call.ws.out, call.ws.down_out) + (() if call.ws.zeroed_inter else (call.ws.inter,)):
+        buf.fill_(float("nan"))
+    return call().clone()
+
+
+def check(shape, M, config=SMALL, device="cpu", seed=0, routing="uniform"):
+    inputs = make_inputs(shape, M, seed=seed, device=device, routing=routing)
+    out = run_poisoned(inputs, config)
+    ref = fused_experts_ref(**inputs.kwargs())
+    assert out.shape == (M, shape.K) and out.dtype == inputs.hidden_states.dtype
+    assert torch.isfinite(out).all(), "some output element was never written"
+    err = relative_error(out, ref)
+    assert err < BOUND[shape.dtype], f"{shape.key} M={M}: relative error {err:.2e}"
+    return inputs, out
+
+
+@pytest.mark.parametrize("shape", [
+    KernelShape(4, 40, 72, 2, "fp16"),  # N and K not multiples of any block size
+    KernelShape(4, 40, 72, 2, "bf16"),
+    KernelShape(4, 48, 64, 2, "fp8_w8a8"),
+    KernelShape(4, 48, 96, 2, "fp8_w8a8", block_shape=(32, 32)),
+    KernelShape(4, 48, 96, 2, "fp8_w8a8", per_channel=True),
+    KernelShape(4, 40, 72, 2, "int8_w8a16"),
+    KernelShape(4, 48, 64, 2, "int8_w8a8"),
+    KernelShape(4, 48, 96, 2, "int8_w8a8", block_shape=(32, 32)),
+    KernelShape(4, 48, 64, 2, "int8_w8a8", per_channel=True),
+], ids=lambda s: s.key)
+@pytest.mark.parametrize("M", [1, 13])
+def test_every_dtype_matches_reference(shape, M, device):
+    check(shape, M, device=device)
+
+
+@pytest.mark.parametrize("shape,M", [
+    (KernelShape(1, 32, 48, 1, "fp16"), 5),  # one expert, top-1 (the down GEMM writes the output directly)
+    (KernelShape(8, 32, 48, 8, "fp16"), 3),  # every token picks every expert
+    (KernelShape(256, 16, 32, 8, "fp16"), 6),  # many experts, most of them empty
+    (KernelShape(6, 24, 40, 3, "fp16"), 37),  # top-3, odd sizes everywhere
+])
+def test_edge_shapes(shape, M, device):
+    check(shape, M, device=device)
+
+
+def test_large_batch(device):
+    cfg = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=32, GROUP_SIZE_M=4)
+    check(KernelShape(8, 32, 32, 2, "fp16"), 4096, config=cfg, device=device)
+
+
+def test_block_quant_with_tile_smaller_than_group(device):
+    # Two K steps per quantization group; the group's scale must apply to both.
+    cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=16, GROUP_SIZE_M=1)
+    check(KernelShape(4, 64, 64, 2, "fp8_w8a8", block_shape=(32, 32)), 9, config=cfg, device=device)
+
+
+def test_all_tokens_on_one_expert_column(device):
+    shape = KernelShape(4, 32, 48, 2, "fp16")
+    inputs = make_inputs(shape, 20, device=device)
+    inputs.topk_ids[:, 0] = 2  # the first choice of every token is expert 2
+    inputs.topk_ids[:, 1] = torch.where(inputs.topk_ids[:, 1] == 2, 3, inputs.topk_ids[:, 1])
+    out = run_poisoned(inputs, SMALL)
+    assert relative_error(out, fused_experts_ref(**inputs.kwargs())) < BOUND["fp16"]
+
+
+def test_split_config_matches_single(device):
+    shape = KernelShape(4, 40, 72, 2, "fp16")
+    inputs = make_inputs(shape, 11, device=device)
+    down = dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=16)
+    out = moekernel.fused_experts(**inputs.kwargs(), config={"up": SMALL, "down": down})
+    assert relative_error(out, fused_experts_ref(**inputs.kwargs())) < BOUND["fp16"]
+
+
+def test_expert_parallel_zeroes_tokens_without_local_experts(device):
+    # 8 global experts, this rank holds experts 4..7 as local 0..3.
+    shape = KernelShape(4, 32, 48, 2, "fp16")
+    inputs = make_inputs(KernelShape(8, 32, 48, 2, "fp16"), 12, device=device)
+    local = make_inputs(shape, 12, device=device, seed=3)
+    inputs.w1, inputs.w2 = local.w1, local.w2
+    inputs.expert_map = torch.tensor([-1, -1, -1, -1, 0, 1, 2, 3], dtype=torch.int32, device=device)
+    inputs.topk_ids[:3] = torch.tensor([0, 1], dtype=torch.int32, device=device)  # all non-local
+    inputs.topk_ids[3] = torch.tensor([2, 5], dtype=torch.int32, device=device)  # one local
+    out = run_poisoned(inputs, SMALL)
+    ref = fused_experts_ref(**inputs.kwargs())
+    assert torch.all(out[:3] == 0)
+    assert relative_error(out, ref) < BOUND["fp16"]
+
+
+def test_expert_parallel_fp8_dynamic_scale_ignores_foreign_rows(device):
+    shape = KernelShape(4, 32, 64, 2, "fp8_w8a8")
+    inputs = make_inputs(shape, 10, device=device)
+    inputs.expert_map = torch.tensor([0, -1, 1, -1, 2, 3], dtype=torch.int32, device=device)
+    inputs.topk_ids = torch.randint(0, 6, (10, 2), dtype=torch.int32, device=device)
+    out = run_poisoned(inputs, dict(SMALL, BLOCK_SIZE_K=64))
+    assert relative_error(out, fused_experts_ref(**inputs.kwargs())) < BOUND["fp8_w8a8"]
+
+
+def test_fused_moe_routes_then_computes(device):
+    shape = KernelShape(8, 32, 48, 2, "fp16")
+    inputs = make_inputs(shape, 9, device=device)
+    out = moekernel.fused_moe(inputs.hidden_states, inputs.w1, inputs.w2, inputs.gating_output, 2, config=SMALL)
+    weights, ids = moekernel.fused_topk(inputs.hidden_states, inputs.gating_output, 2)
+    ref = fused_experts_ref(inputs.hidden_states, inputs.w1, inputs.w2, weights, ids)
+    assert relative_error(out, ref) < BOUND["fp16"]
+
+
+def test_override_config_is_used_instead_of_lookup(device, monkeypatch):
+    import importlib
+
+    fm = importlib.import_module("moekernel.fused_moe")  # the package attribute of that name is the function
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("get_config must not be consulted inside override_config")
+
+    monkeypatch.setattr(fm, "get_config", no_lookup)
+    inputs = make_inputs(KernelShape(4, 32, 48, 2, "fp16"), 5, device=device)
+    with moekernel.override_config(SMALL):
+        out = moekernel.fused_experts(**inputs.kwargs())
+    assert relative_error(out, fused_experts_ref(**inputs.kwargs())) < BOUND["fp16"]
+    with pytest.raises(AssertionError, match="must not be consulted"):
+        moekernel.fused_experts(**inputs.kwargs())
+
+
+def test_default_config_when_nothing_tuned(device, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEKERNEL_CONFIG_FOLDER", str(tmp_path))
+    inputs = make_inputs(KernelShape(4, 32, 48, 2, "fp16"), 5, device=device)
+    out = moekernel.fused_experts(**inputs.kwargs())
+    assert relative_error(out, fused_experts_ref(**inputs.kwargs())) < BOUND["fp16"]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(SMALL, BLOCK_SIZE_M=24), "BLOCK_SIZE_M must be a power of two"),
+    ({"BLOCK_SIZE_M": 16}, "lacks BLOCK_SIZE_N"),
+    ({"up": SMALL, "down": dict(SMALL, BLOCK_SIZE_M=32)}, "share BLOCK_SIZE_M"),
+    (dict(SMALL, num_warps=3), "num_warps"),
+])
+def test_bad_configs_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        normalize_config(bad)
+
+
+def test_bad_arguments_are_named(device):
+    inputs = make_inputs(KernelShape(4, 32, 48, 2, "fp8_w8a8"), 3, device=device)
+    kwargs = inputs.kwargs()
+    with pytest.raises(ValueError, match="needs w1_scale and w2_scale"):
+        moekernel.fused_experts(**dict(kwargs, w1_scale=None), config=SMALL)
+    with pytest.raises(ValueError, match="quant_dtype must be"):
+        moekernel.fused_experts(**dict(kwargs, quant_dtype="fp4"), config=SMALL)
+    with pytest.raises(ValueError, match=r"w2 \[E, 48, N\]; got"):
+        moekernel.fused_experts(**dict(kwargs, w2=inputs.w2[:, :, :8]), config=SMALL)
+    with pytest.raises(ValueError, match="activation"):
+        moekernel.fused_experts(**kwargs, config=SMALL, activation="relu")
+
+
+def test_block_quant_rejects_k_tile_wider_than_group(device):
+    inputs = make_inputs(KernelShape(4, 32, 64, 2, "fp8_w8a8", block_shape=(32, 32)), 3, device=device)
+    with pytest.raises(ValueError, match="must divide the quantization block"):
+        moekernel.fused_experts(**inputs.kwargs(), config=dict(SMALL, BLOCK_SIZE_K=64))
+
+
+# ---- GPU only ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,extra", [
+    ("bf16", {}), ("fp16", {}), ("fp8_w8a8", {}), ("fp8_w8a8", {"block_shape": (128, 128)}),
+    ("fp8_w8a8", {"per_channel": True}), ("int8_w8a16", {}), ("int8_w8a8", {}), ("int8_w8a8", {"per_channel": True}),
+])
+@pytest.mark.parametrize("M", [1, 64, 1000])
+def test_gpu_realistic_shapes(dtype, extra, M):
+    # Mixtral's expert shape at tp=8 with a quarter of the experts, to keep the reference quick.
+    shape = KernelShape(8, 1792, 4096, 2, dtype, **extra)
+    bound = 1e-2 if dtype in ("bf16", "fp16") else 3e-2
+    for cfg in (dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4),
+                dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=3)):
+        inputs = make_inputs(shape, M, device="cuda", seed=M)
+        out = run_poisoned(inputs, cfg)
+        err = relative_error(out, fused_experts_ref(**inputs.kwargs()))
+        assert err < bound, f"{shape.key} M={M} {cfg}: {err:.2e}"
+
+
+@pytest.mark.cuda
+def test_gpu_cuda_graph_replay_matches_eager():
+    shape = KernelShape(8, 256, 512, 2, "bf16")
+    inputs = make_inputs(shape, 33, device="cuda")
+    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64))
+    eager = call().clone()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    call.ws.out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(call.ws.out, eager)
+
+
+@pytest.mark.cuda
+def test_gpu_compile_config_then_run():
+    from moekernel.fused_moe import compile_config
+
+    shape = KernelShape(8, 256, 512, 2, "fp8_w8a8", block_shape=(128, 128))
+    cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
+    compile_config(shape, 77, cfg)
+    check(shape, 77, config=cfg, device="cuda")
