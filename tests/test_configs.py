@@ -1,0 +1,104 @@
+"""Config files in the engines' format: names, reading, writing, and the runtime lookup."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moekernel import configs
+from moekernel.heuristics import PARAMS, default_config, smem_bytes, HOPPER_SMEM_BYTES
+
+DATA = Path(__file__).parent / "data"
+H100 = "NVIDIA_H100_80GB_HBM3"
+
+
+@pytest.mark.parametrize("args,name", [
+    ((8, 7168, None, None, H100), "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"),
+    ((8, 7168, "fp8_w8a8", None, H100), "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json"),
+    ((256, 256, "fp8_w8a8", [128, 128], "NVIDIA_H200"),
+     "E=256,N=256,device_name=NVIDIA_H200,dtype=fp8_w8a8,block_shape=[128, 128].json"),
+    ((64, 1408, "int8_w8a16", None, "X"), "E=64,N=1408,device_name=X,dtype=int8_w8a16.json"),
+    ((8, 7168, "bf16", None, H100), "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"),
+])
+def test_file_names_match_the_engines(args, name):
+    assert configs.config_file_name(*args) == name
+
+
+def test_down_twin_name():
+    assert configs.config_file_name(8, 7168, None, None, H100, gemm="down").endswith("HBM3_down.json")
+
+
+def test_cpu_device_name_cannot_pass_for_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert configs.device_name().startswith("cpu-interpreter")
+
+
+def test_reads_vllm_file_unchanged_and_picks_nearest_batch():
+    loaded = configs.load_configs(8, 7168, device_name=H100, folders=[DATA])
+    assert sorted(loaded)[:3] == [1, 2, 4] and len(loaded) == 18
+    assert loaded[1024] == {"BLOCK_SIZE_M": 128, "BLOCK_SIZE_N": 256, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 16,
+                            "num_warps": 8, "num_stages": 4}
+    assert configs._nearest(loaded, 1000) == 1024 and configs._nearest(loaded, 20) == 16
+
+
+def test_search_order_folders_then_env_then_shipped(tmp_path, monkeypatch):
+    first, env = tmp_path / "first", tmp_path / "env"
+    name = configs.config_file_name(4, 64, device_name="D")
+    cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
+    configs.write_config_file(env / name, {1: cfg})
+    configs.write_config_file(first / name, {1: dict(cfg, BLOCK_SIZE_M=32)})
+    monkeypatch.setenv(configs.ENV_FOLDER, str(env))
+    assert configs.load_configs(4, 64, device_name="D", folders=[first])[1]["BLOCK_SIZE_M"] == 32
+    assert configs.load_configs(4, 64, device_name="D")[1]["BLOCK_SIZE_M"] == 16
+    monkeypatch.delenv(configs.ENV_FOLDER)
+    assert configs.load_configs(4, 64, device_name="D") is None
+
+
+def test_get_config_uses_tuned_file_else_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(configs, "_current_device_name", lambda: "D")
+    monkeypatch.setenv(configs.ENV_FOLDER, str(tmp_path))
+    assert configs.get_config(64, 4, 64, 128, 2) == default_config(64, 4, 64, 128, 2)
+    cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
+    configs.write_config_file(tmp_path / configs.config_file_name(4, 64, device_name="D"), {16: cfg, 256: dict(cfg, BLOCK_SIZE_M=64)})
+    configs._cached_configs.cache_clear()
+    assert configs.get_config(100, 4, 64, 128, 2)["BLOCK_SIZE_M"] == 32
+    assert configs.get_config(200, 4, 64, 128, 2)["BLOCK_SIZE_M"] == 64
+
+
+def test_down_twin_is_paired_on_load(tmp_path):
+    cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
+    configs.write_config_file(tmp_path / configs.config_file_name(4, 64, device_name="D"), {8: cfg})
+    configs.write_config_file(tmp_path / configs.config_file_name(4, 64, device_name="D", gemm="down"),
+                              {8: dict(cfg, BLOCK_SIZE_N=128)})
+    loaded = configs.load_configs(4, 64, device_name="D", folders=[tmp_path])
+    assert loaded[8]["up"]["BLOCK_SIZE_N"] == 64 and loaded[8]["down"]["BLOCK_SIZE_N"] == 128
+
+
+def test_written_file_is_engine_format_and_byte_identical(tmp_path):
+    cfg = {p: v for p, v in zip(reversed(PARAMS), (3, 4, 1, 64, 32, 16))}  # keys in the wrong order on purpose
+    a = configs.write_config_file(tmp_path / "a.json", {64: cfg, 2: cfg}, triton_version="3.6.0")
+    b = configs.write_config_file(tmp_path / "b.json", {2: cfg, 64: cfg}, triton_version="3.6.0")
+    assert a.read_bytes() == b.read_bytes()
+    data = json.loads(a.read_text())
+    assert list(data) == ["triton_version", "2", "64"]
+    assert list(data["2"]) == list(PARAMS)
+    assert a.read_text().startswith('{\n    "triton_version": "3.6.0",\n    "2": {\n        "BLOCK_SIZE_M": 16,')
+
+
+def test_bad_file_is_named(tmp_path):
+    path = tmp_path / configs.config_file_name(4, 64, device_name="D")
+    path.write_text('{"1": {"BLOCK_SIZE_M": 16}}')
+    with pytest.raises(ValueError, match="lacks BLOCK_SIZE_N"):
+        configs.load_configs(4, 64, device_name="D", folders=[tmp_path])
+
+
+@pytest.mark.parametrize("M", [1, 16, 64, 256, 1024, 4096])
+@pytest.mark.parametrize("dtype,block", [(None, None), ("fp8_w8a8", None), ("fp8_w8a8", (128, 128)), ("int8_w8a16", None)])
+def test_default_config_fits_hopper_and_block_quant(M, dtype, block):
+    cfg = default_config(M, 8, 7168, 4096, 2, dtype, block)
+    one = dtype in ("fp8_w8a8", "int8_w8a8")
+    assert smem_bytes(cfg, 1 if one else 2, 1 if dtype else 2) <= HOPPER_SMEM_BYTES
+    if block:
+        assert block[1] % cfg["BLOCK_SIZE_K"] == 0
