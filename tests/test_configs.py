@@ -8,7 +8,7 @@ import pytest
 from moekernel import configs
 from moekernel.heuristics import PARAMS, default_config, smem_bytes, HOPPER_SMEM_BYTES
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "benchmarks" / "vllm-h100-configs"
 H100 = "NVIDIA_H100_80GB_HBM3"
 
 
