@@ -27,3 +27,36 @@ def pytest_collection_modifyitems(config, items):
 def device():
     """Where kernels run: the GPU when there is one, else the CPU through the Triton interpreter."""
     return DEVICE
+
+
+@pytest.fixture
+def write_shard():
+    """Write a tuning shard with the tuner's exact schema, for tests of what reads shards.
+
+    ``write_shard(path, key, batch_size, [(config, time_us), ...], winner=0, **column_overrides)``; a
+    candidate given as (config, None, status) is a failure with that status.
+    """
+    from datetime import datetime, timezone
+
+    from moekernel.shapes import KernelShape
+    from moekernel.tuning import shard
+
+    def write(path, key, batch_size, candidates, *, winner=0, gemm="both", **overrides):
+        s = KernelShape.from_key(key)
+        base = {
+            "key": key, "dtype": s.dtype, "E": s.E, "N": s.N, "K": s.K, "topk": s.topk,
+            "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
+            "batch_size": batch_size, "gemm": gemm, "p20_us": None, "p80_us": None, "iters": 20, "compile_s": 0.5,
+            "verified": False, "device": "NVIDIA H100 80GB HBM3", "backend": "cuda", "triton_version": "3.6.0",
+            "torch_version": "2.11.0", "moekernel_version": "0.1.0", "kernel_hash": "0" * 16, "routing": "uniform",
+            "strategy": "exhaustive", "seed": 0, "timestamp": datetime(2026, 11, 26, tzinfo=timezone.utc),
+        }  # fmt: skip
+        rows = []
+        for i, (config, time_us, *status) in enumerate(candidates):
+            status = status[0] if status else "ok"
+            rows.append({**base, **config, "status": status, "time_us": time_us,
+                         "error": None if status == "ok" else f"{status} here", "winner": i == winner,
+                         "verified": i == winner, **overrides})
+        return shard.write_shard(path, rows)
+
+    return write
