@@ -89,7 +89,8 @@ def acquire(root: str | os.PathLike, gpus: list[str], *, poll_s: float = 0.5,
 def pin_process(root: str | os.PathLike, gpus: list[str] | None = None) -> str | None:
     """Take a GPU for the rest of this process's life and make it the only visible one.
 
-    Call before anything initialises CUDA. Returns the id, or None when no GPU is visible.
+    Call before anything initialises CUDA. ``gpus``: the candidates; by default those the Snakefile saw
+    (:data:`ENV_GPUS`), else :func:`visible_gpus`. Returns the id, or None when no GPU is visible.
     """
     if gpus is None:
         env = os.environ.get(ENV_GPUS)
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     if not command:
         parser.error("no command given")
     gpu = pin_process(args.pool)
-    if gpu is not None:
-        print(f"[moekernel.gpus] {socket.gethostname()}: running on GPU {gpu}", file=sys.stderr, flush=True)
+    if gpu is None:
+        sys.exit(f"moekernel.gpus: no CUDA device visible to this job on {socket.gethostname()} "
+                 "(backend: cuda needs one; backend: auto falls back to the interpreter)")
+    print(f"[moekernel.gpus] {socket.gethostname()}: running on GPU {gpu}", file=sys.stderr, flush=True)
     os.execvp(command[0], command)  # the lock fd stays open in the command's process
 
 

@@ -31,14 +31,16 @@ CFG = PLAN.config  # validated, defaults filled in
 if workflow.is_main_process and PLAN.banner():
     print(PLAN.banner(), file=sys.stderr, flush=True)
 
-# One GPU per GPU job. Locally the `gpu` resource is capped at the GPUs visible here (unless --resources
-# says otherwise), and moekernel.gpus picks which one; under a cluster executor the scheduler does both.
+# One GPU per GPU job. On a GPU host the `gpu` resource is capped at the GPUs visible here (unless
+# --resources says otherwise) and moekernel.gpus picks which one each job gets. The executor is not known
+# while parsing, so a cluster run from a GPU host sets `resources: gpu=...` in its profile (profiles/slurm).
 GPU_PER_JOB = 1 if PLAN.backend == "cuda" else 0
-if workflow.local_exec and GPU_PER_JOB and "gpu" not in workflow.global_resources:
-    if not VISIBLE_GPUS and not workflow.dryrun:
-        raise WorkflowError("backend: cuda but no CUDA device is visible here; use a GPU machine, the slurm "
-                            "profile, or backend: auto (interpreter demo run)")
+if GPU_PER_JOB and VISIBLE_GPUS and "gpu" not in workflow.global_resources:
     workflow.global_resources["gpu"] = len(VISIBLE_GPUS)
+# Compile threads per tune job: by default the cores shared out among the GPUs' concurrent jobs.
+TUNE_THREADS = CFG["tune_threads"]
+if TUNE_THREADS == "auto":
+    TUNE_THREADS = max(1, (workflow.cores or 1) // max(1, len(VISIBLE_GPUS))) if GPU_PER_JOB else 1
 GPU_POOL = "results/.gpu-locks"
 
 ROUTING_FILE = pipeline.routing_file(PLAN.settings["routing"])

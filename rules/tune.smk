@@ -15,7 +15,7 @@ rule tune:
         kernel_hash=PLAN.settings["kernel_hash"],
         # Pins the job to one free GPU for its whole life (moekernel/gpus.py); nothing to pin in the interpreter.
         launcher=f"python -m moekernel.gpus --pool {GPU_POOL} --" if GPU_PER_JOB else "",
-    threads: CFG["tune_threads"] if GPU_PER_JOB else 1  # parallel compiles; the interpreter compiles nothing
+    threads: TUNE_THREADS  # parallel compiles
     resources:
         gpu=GPU_PER_JOB,
     shell:

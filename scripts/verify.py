@@ -11,7 +11,8 @@ if p.backend == "interpret":
 else:
     from moekernel import gpus
 
-    gpus.pin_process(p.gpu_pool)
+    if gpus.pin_process(p.gpu_pool) is None:
+        raise SystemExit("verify: no CUDA device visible to this job (backend: cuda needs one)")
 
 from moekernel import verify
 
