@@ -48,7 +48,8 @@ def default_jobs() -> int:
 
 def error_text(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 15] + " ... [truncated]"
+    cut = " ... [truncated]"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - len(cut)] + cut
 
 
 def classify_error(exc: BaseException, default: str) -> str:
@@ -124,8 +125,8 @@ def _compile_in_pool(shape, M, items, jobs, device, fn, results, bar) -> None:
                         results[i] = future.result()
                     except BrokenProcessPool:
                         continue  # retried in a fresh pool below
-                    except Exception as exc:  # noqa: BLE001 - e.g. a result that would not unpickle
-                        results[i] = CompileResult("compile_error", None, error_text(exc))
+                    except Exception as exc:  # noqa: BLE001 - fn raised, or its result would not unpickle
+                        results[i] = CompileResult(classify_error(exc, "compile_error"), None, error_text(exc))
                     bar.update()
         except BrokenProcessPool:
             pass

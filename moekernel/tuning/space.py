@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping
 
@@ -42,6 +43,8 @@ def load_space(spec: str | Mapping[str, Iterable[int]] = "vllm") -> dict[str, li
             return {k: list(v) for k, v in VLLM_SPACE.items()}
         text = spec
         if not spec.lstrip().startswith("{"):
+            if not os.path.isfile(spec):
+                raise ValueError(f"--space must be 'vllm', a JSON object or an existing JSON file; got {spec!r}")
             with open(spec) as f:
                 text = f.read()
         try:

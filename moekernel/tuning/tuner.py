@@ -247,7 +247,8 @@ class _Job:
         from tqdm import tqdm
 
         desc = f"time x{iters}" + (" (interpreter)" if self.backend == "interpret" else "")
-        for cand in tqdm(todo, desc=desc, unit="cfg", file=sys.stderr, disable=not self.progress, leave=False):
+        quiet = not self.progress or not todo
+        for cand in tqdm(todo, desc=desc, unit="cfg", file=sys.stderr, disable=quiet, leave=False):
             self._time(cand, iters)
             self._since_checkpoint += 1
             self._checkpoint()

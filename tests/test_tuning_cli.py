@@ -1,0 +1,51 @@
+"""``python -m moekernel.tune`` end to end, in a fresh process as a pipeline job runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from moekernel.tuning.shard import SCHEMA
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = {"BLOCK_SIZE_M": [16, 32], "BLOCK_SIZE_N": [32], "BLOCK_SIZE_K": [64], "GROUP_SIZE_M": [1, 16],
+         "num_warps": [4], "num_stages": [2]}
+
+
+def cli(*args, env_extra=None):
+    # Without TRITON_INTERPRET, as a user would type it: on a CPU the CLI must switch to the interpreter itself.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "moekernel.tune", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_a_complete_shard(tmp_path):
+    out = tmp_path / "timings" / "E4-N64-K64-top2-fp16" / "bs8.parquet"
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE))
+    proc = cli("--key", "E4-N64-K64-top2-fp16", "--batch-size", "8", "--out", str(out), "--space", str(space),
+               "--strategy", "exhaustive", "--iters", "1", "--jobs", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(out)
+    assert table.schema.equals(SCHEMA)
+    frame = table.to_pandas()
+    assert len(frame) == 4 and frame["winner"].sum() == 1
+    assert set(frame["status"]) == {"ok", "pruned"}
+    summary = proc.stderr.strip().splitlines()[-1]
+    assert summary.startswith("E4-N64-K64-top2-fp16 M=8: 4 candidates, 2 pruned, 0 failed, 2 ok; best both M16")
+    assert list(out.parent.iterdir()) == [out]  # no checkpoint or temporary file left
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    out = tmp_path / "bs8.parquet"
+    proc = cli("--key", "E4-N64-top2", "--batch-size", "8", "--out", str(out), "--backend", "interpret")
+    assert proc.returncode == 2 and "not a kernel key" in proc.stderr
+    proc = cli("--key", "E4-N64-K64-top2-fp16", "--batch-size", "8", "--out", str(out), "--space", "nope.json",
+               "--backend", "interpret")
+    assert proc.returncode == 2 and "--space" in proc.stderr
+    assert not out.exists()

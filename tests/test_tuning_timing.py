@@ -1,0 +1,46 @@
+"""The timing helper."""
+
+import pytest
+
+from moekernel.tuning.timing import INTERPRET_MAX_ITERS, Timing, time_callable
+
+
+def test_timing_from_samples_median_and_spread():
+    t = Timing.from_samples([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (t.median_us, t.iters) == (3.0, 5)
+    assert t.p20_us == pytest.approx(1.8) and t.p80_us == pytest.approx(4.2)
+
+
+def test_interpreter_timing_calls_few_times():
+    calls = []
+    t = time_callable(lambda: calls.append(1), iters=20, backend="interpret")
+    assert len(calls) == t.iters == INTERPRET_MAX_ITERS
+    assert 0 <= t.p20_us <= t.median_us <= t.p80_us
+    time_callable(lambda: calls.append(1), iters=1, backend="interpret")
+    assert len(calls) == INTERPRET_MAX_ITERS + 1
+
+
+def test_errors_propagate_and_arguments_are_checked():
+    def boom():
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        time_callable(boom, backend="interpret")
+    with pytest.raises(ValueError):
+        time_callable(lambda: None, iters=0, backend="interpret")
+    with pytest.raises(ValueError):
+        time_callable(lambda: None, backend="rocm")
+
+
+@pytest.mark.cuda
+def test_cuda_graph_timing_scales_with_work():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+    out = torch.empty_like(a)
+    small = time_callable(lambda: torch.matmul(a[:256], a, out=out[:256]), iters=20, backend="cuda")
+    large = time_callable(lambda: torch.matmul(a, a, out=out), iters=20, backend="cuda")
+    assert small.iters == large.iters == 20
+    assert 0 < small.median_us < large.median_us
+    assert small.p20_us <= small.median_us <= small.p80_us
