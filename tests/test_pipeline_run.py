@@ -1,0 +1,226 @@
+"""The workflow itself, run by Snakemake in the Triton interpreter: end to end, incremental re-runs, clear errors.
+
+Two real runs (the no-GPU demo, and tiny model folders in the interpreter) with the real tuner; everything else
+is a dry run (``snakemake -n``) whose planned jobs are parsed from Snakemake's output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_SPACE = {"BLOCK_SIZE_M": [16], "BLOCK_SIZE_N": [32, 64], "BLOCK_SIZE_K": [64], "GROUP_SIZE_M": [1],
+              "num_warps": [4], "num_stages": [2]}
+DOWNSTREAM = {"select", "verify", "database", "report", "all"}
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run the workflow in ``workdir`` with ``config`` as its only config file; output and errors together."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    configfile = workdir / f"config-{abs(hash(json.dumps(config, sort_keys=True)))}.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    # No GPU, whatever the machine: CUDA_VISIBLE_DEVICES="" hides them all. Models resolve offline.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *args]
+    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+
+
+def planned(workdir: Path, config: dict) -> dict[str, set[str]]:
+    """rule -> outputs of the jobs a dry run would run."""
+    result = snakemake(workdir, config, "-n")
+    assert result.returncode == 0, result.stdout
+    jobs: dict[str, set[str]] = {}
+    rule = None
+    for line in result.stdout.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = m[1]
+            jobs.setdefault(rule, set())
+        elif rule and (m := re.match(r"^\s+output: (.*)$", line)):
+            jobs[rule].update(p.strip() for p in m[1].split(","))
+    if "Nothing to be done" in result.stdout:
+        assert not jobs
+    return jobs
+
+
+def timing_file(key: str, m: int) -> str:
+    return f"results/timings/{key}/bs{m}.parquet"
+
+
+# ------------------------------------------------------------------ the no-GPU demo, end to end
+
+DEMO = {"models": ["mixtral-8x7b"], "demo": {"batch_sizes": [1, 4], "space": TINY_SPACE, "iters": 1}}
+DEMO_KEY = "E4-N64-K64-top2-fp16"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    result = snakemake(workdir, DEMO)
+    assert result.returncode == 0, result.stdout
+    return workdir, result.stdout
+
+
+@pytest.mark.slow
+def test_demo_run_end_to_end(demo_run):
+    workdir, log = demo_run
+    assert "NO CUDA DEVICE: DEMO RUN IN THE TRITON INTERPRETER" in log
+    assert "E8-N14336-K4096-top2-bf16" in log  # the banner says what a GPU would tune
+
+    files = sorted(p.name for p in (workdir / "results" / "configs").glob("*.json"))
+    assert files == ["E=4,N=64,device_name=cpu-interpreter.json"]  # a CPU device name: never a GPU config
+    data = json.loads((workdir / "results" / "configs" / files[0]).read_text())
+    assert list(data)[0] == "triton_version" and sorted(int(m) for m in list(data)[1:]) == [1, 4]
+
+    con = duckdb.connect(str(workdir / "results" / "tuning.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*), count(DISTINCT batch_size), min(backend), max(backend) FROM timings"
+                       ).fetchone() == (4, 2, "interpret", "interpret")  # two configs at two batch sizes
+    assert con.execute("SELECT count(*) FROM timings WHERE status = 'ok'").fetchone()[0] == 4
+    winners = con.execute("SELECT batch_size, BLOCK_SIZE_N FROM winners ORDER BY 1").fetchall()
+    assert [m for m, _ in winners] == [1, 4]
+    for m, bn in winners:  # the file holds exactly the winners
+        assert data[str(m)]["BLOCK_SIZE_N"] == bn
+    assert con.execute("SELECT model, tp, key FROM shapes").fetchall() == [("demo", 1, DEMO_KEY)]
+    rows = con.execute("SELECT source, count(*), bool_and(ok), max(rel_error), min(note) FROM comparisons "
+                       "GROUP BY source ORDER BY source").fetchall()
+    assert [r[:3] for r in rows] == [("default", 2, True), ("tuned", 2, True)]
+    assert all(r[3] < 1e-2 and "meaningless" in r[4] for r in rows)
+    assert con.execute("SELECT count(*) FROM speedup WHERE speedup_vs_default > 0").fetchone()[0] == 2
+    assert dict(con.execute("SELECT name, value FROM meta").fetchall())["demo"] == "True"
+
+    for name in ("speedup.png", "roofline.png", "comparisons.csv"):
+        assert (workdir / "results" / "report" / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_rebuilt_configs_are_byte_identical(demo_run, tmp_path):
+    from moekernel import emit
+
+    workdir, _ = demo_run
+    shards = sorted((workdir / "results" / "timings" / DEMO_KEY).glob("*.parquet"))
+    (rebuilt,) = emit.emit_from_shards(shards, tmp_path)
+    assert rebuilt.read_bytes() == (workdir / "results" / "configs" / rebuilt.name).read_bytes()
+
+
+@pytest.mark.slow
+def test_second_run_does_nothing(demo_run):
+    workdir, _ = demo_run
+    assert planned(workdir, DEMO) == {}
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_the_plots(demo_run):
+    workdir, _ = demo_run
+    result = snakemake(workdir, DEMO, "--report", "report.zip")
+    assert result.returncode == 0, result.stdout
+    import zipfile
+
+    names = zipfile.ZipFile(workdir / "report.zip").namelist()
+    assert any(n.endswith("speedup.png") for n in names) and any(n.endswith("roofline.png") for n in names)
+
+
+# ------------------------------------------------------------------ incremental re-runs
+
+def tiny_model(folder: Path, experts: int, intermediate: int, hidden: int = 64) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": hidden,
+        "intermediate_size": intermediate, "num_local_experts": experts, "num_experts_per_tok": 2,
+        "torch_dtype": "float16"}))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Two tiny models tuned for real in the interpreter at one batch size; the base of the dry runs."""
+    models = tmp_path_factory.mktemp("models")
+    config = {
+        "models": [tiny_model(models / "a", 4, 64), tiny_model(models / "b", 4, 128)],
+        "dtypes": ["fp16"], "batch_sizes": [2], "backend": "interpret",
+        "search": {"strategy": "exhaustive", "space": {**TINY_SPACE, "BLOCK_SIZE_N": [32]}},
+        "timing": {"iters": 1},
+    }
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake(workdir, config)
+    assert result.returncode == 0, result.stdout
+    return workdir, config, models
+
+
+KEY_A, KEY_B, KEY_C = "E4-N64-K64-top2-fp16", "E4-N128-K64-top2-fp16", "E8-N64-K64-top2-fp16"
+
+
+@pytest.mark.slow
+def test_tiny_models_were_tuned(tiny_run):
+    workdir, _, _ = tiny_run
+    files = sorted(p.name for p in (workdir / "results" / "configs").glob("*.json"))
+    assert files == ["E=4,N=128,device_name=cpu-interpreter.json", "E=4,N=64,device_name=cpu-interpreter.json"]
+    con = duckdb.connect(str(workdir / "results" / "tuning.duckdb"), read_only=True)
+    assert sorted(con.execute("SELECT key FROM shapes").fetchall()) == [(KEY_B,), (KEY_A,)]
+
+
+@pytest.mark.slow
+def test_unchanged_config_does_nothing(tiny_run):
+    workdir, config, _ = tiny_run
+    assert planned(workdir, config) == {}
+
+
+@pytest.mark.slow
+def test_new_batch_size_runs_only_its_tune_jobs(tiny_run):
+    workdir, config, _ = tiny_run
+    jobs = planned(workdir, {**config, "batch_sizes": [2, 8]})
+    assert jobs["tune"] == {timing_file(KEY_A, 8), timing_file(KEY_B, 8)}
+    assert set(jobs) - {"tune"} <= DOWNSTREAM
+
+
+@pytest.mark.slow
+def test_new_model_runs_only_its_tune_jobs(tiny_run):
+    workdir, config, models = tiny_run
+    jobs = planned(workdir, {**config, "models": [*config["models"], tiny_model(models / "c", 8, 64)]})
+    assert jobs["tune"] == {timing_file(KEY_C, 2)}
+    assert set(jobs) - {"tune"} <= DOWNSTREAM
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", [
+    {"search": {"strategy": "exhaustive", "space": TINY_SPACE}},
+    {"timing": {"iters": 3}},
+    {"routing": "zipf:1.5"},
+])  # fmt: skip
+def test_changed_settings_rerun_the_tune_jobs(tiny_run, change):
+    workdir, config, _ = tiny_run
+    jobs = planned(workdir, {**config, **change})
+    assert jobs["tune"] == {timing_file(KEY_A, 2), timing_file(KEY_B, 2)}
+
+
+# ------------------------------------------------------------------ clear errors (dry runs, nothing tuned)
+
+@pytest.mark.parametrize("config, expected", [
+    ({"models": ["mixtral-8x7b"], "backend": "gpu"}, ["config key 'backend'", "allowed values: auto, cuda, interpret"]),
+    ({"models": ["mixtral-8x7b"], "tp_size": [2]}, ["unknown config key(s) 'tp_size'", "tp_sizes"]),
+    ({"models": ["no-such-model"]}, ["model 'no-such-model'", "unknown model 'no-such-model'", "mixtral-8x7b"]),
+    ({"models": ["mixtral-8x7b"], "tp_sizes": [3]}, ["tp=3", "tp sizes that work"]),
+])  # fmt: skip
+def test_bad_config_stops_with_a_clear_message(tmp_path, config, expected):
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    for part in expected:
+        assert part in result.stdout, result.stdout
+    assert "Traceback" not in result.stdout
+
+
+def test_keys_sharing_a_config_file_stop_naming_both(tmp_path):
+    config = {"models": [tiny_model(tmp_path / "a", 4, 64, hidden=64), tiny_model(tmp_path / "b", 4, 64, hidden=128)],
+              "dtypes": ["fp16"]}
+    result = snakemake(tmp_path / "run", config, "-n")
+    assert result.returncode != 0
+    assert "E4-N64-K64-top2-fp16" in result.stdout and "E4-N64-K128-top2-fp16" in result.stdout
+    assert "same engine config file" in result.stdout
