@@ -58,21 +58,27 @@ def timing_file(key: str, m: int) -> str:
 
 # ------------------------------------------------------------------ the no-GPU demo, end to end
 
-DEMO = {"models": ["mixtral-8x7b"], "demo": {"batch_sizes": [1, 4], "space": TINY_SPACE, "iters": 1}}
 DEMO_KEY = "E4-N64-K64-top2-fp16"
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    """The main command on a machine without a GPU, with a baseline folder to compare against."""
+    from moekernel import configs
+
     workdir = tmp_path_factory.mktemp("demo")
-    result = snakemake(workdir, DEMO)
+    baseline = configs.config_file_name(4, 64, device_name="cpu-interpreter")
+    configs.write_config_file(workdir / "baseline" / baseline, {1: {k: v[0] for k, v in TINY_SPACE.items()}})
+    config = {"models": ["mixtral-8x7b"], "baseline_configs": "baseline",
+              "demo": {"batch_sizes": [1, 4], "space": TINY_SPACE, "iters": 1}}
+    result = snakemake(workdir, config)
     assert result.returncode == 0, result.stdout
-    return workdir, result.stdout
+    return workdir, config, result.stdout
 
 
 @pytest.mark.slow
 def test_demo_run_end_to_end(demo_run):
-    workdir, log = demo_run
+    workdir, _, log = demo_run
     assert "NO CUDA DEVICE: DEMO RUN IN THE TRITON INTERPRETER" in log
     assert "E8-N14336-K4096-top2-bf16" in log  # the banner says what a GPU would tune
 
@@ -92,9 +98,10 @@ def test_demo_run_end_to_end(demo_run):
     assert con.execute("SELECT model, tp, key FROM shapes").fetchall() == [("demo", 1, DEMO_KEY)]
     rows = con.execute("SELECT source, count(*), bool_and(ok), max(rel_error), min(note) FROM comparisons "
                        "GROUP BY source ORDER BY source").fetchall()
-    assert [r[:3] for r in rows] == [("default", 2, True), ("tuned", 2, True)]
+    assert [r[:3] for r in rows] == [("baseline", 2, True), ("default", 2, True), ("tuned", 2, True)]
     assert all(r[3] < 1e-2 and "meaningless" in r[4] for r in rows)
-    assert con.execute("SELECT count(*) FROM speedup WHERE speedup_vs_default > 0").fetchone()[0] == 2
+    assert con.execute("SELECT count(*) FROM speedup WHERE speedup_vs_default > 0 AND speedup_vs_baseline > 0"
+                       ).fetchone()[0] == 2
     assert dict(con.execute("SELECT name, value FROM meta").fetchall())["demo"] == "True"
 
     for name in ("speedup.png", "roofline.png", "comparisons.csv"):
@@ -105,7 +112,7 @@ def test_demo_run_end_to_end(demo_run):
 def test_rebuilt_configs_are_byte_identical(demo_run, tmp_path):
     from moekernel import emit
 
-    workdir, _ = demo_run
+    workdir, _, _ = demo_run
     shards = sorted((workdir / "results" / "timings" / DEMO_KEY).glob("*.parquet"))
     (rebuilt,) = emit.emit_from_shards(shards, tmp_path)
     assert rebuilt.read_bytes() == (workdir / "results" / "configs" / rebuilt.name).read_bytes()
@@ -113,14 +120,14 @@ def test_rebuilt_configs_are_byte_identical(demo_run, tmp_path):
 
 @pytest.mark.slow
 def test_second_run_does_nothing(demo_run):
-    workdir, _ = demo_run
-    assert planned(workdir, DEMO) == {}
+    workdir, config, _ = demo_run
+    assert planned(workdir, config) == {}
 
 
 @pytest.mark.slow
 def test_snakemake_report_holds_the_plots(demo_run):
-    workdir, _ = demo_run
-    result = snakemake(workdir, DEMO, "--report", "report.zip")
+    workdir, config, _ = demo_run
+    result = snakemake(workdir, config, "--report", "report.zip")
     assert result.returncode == 0, result.stdout
     import zipfile
 
