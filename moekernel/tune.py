@@ -49,7 +49,15 @@ def _reexec_for_interpreter() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .shapes import KernelShape
+    from .tuning import get_strategy, load_space
     from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, resolve_backend, tune
+
+    try:  # fail fast, before a re-exec
+        KernelShape.from_key(args.key), load_space(args.space), get_strategy(args.strategy)
+    except ValueError as exc:
+        print(f"moekernel.tune: error: {exc}", file=sys.stderr)
+        return 2
 
     wants_interpreter = args.backend == "interpret" or (
         args.backend == "auto" and (os.environ.get("TRITON_INTERPRET") == "1" or not _cuda_available()))

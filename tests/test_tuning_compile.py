@@ -66,7 +66,8 @@ def test_in_process_compile_records_each_failure(monkeypatch):
     assert all(r.seconds is not None for r in results)
 
 
-def test_worker_pool_compiles_in_order_and_survives_a_crash():
+def test_worker_pool_compiles_in_order_and_survives_a_crash(monkeypatch):
+    monkeypatch.setattr(comp, "POOL_RESTARTS", 1)  # each pool spawn costs seconds
     items = [(_cfg(bn), gemm) for bn in (32, 64, 128) for gemm in ("up", "down")] + [(_cfg(512), "both")]
     results = comp.compile_configs(SHAPE, 8, items, jobs=2, fn=pool_compile)
     assert len(results) == len(items)

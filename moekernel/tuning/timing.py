@@ -30,12 +30,13 @@ class Timing:
     p20_us: float
     p80_us: float
     iters: int
+    first_call_s: float | None = None  # the untimed eager call; seconds there mean the kernel was compiled then
 
     @classmethod
-    def from_samples(cls, samples_us) -> "Timing":
+    def from_samples(cls, samples_us, first_call_s: float | None = None) -> "Timing":
         x = np.asarray(samples_us, dtype=np.float64)
         p20, median, p80 = np.percentile(x, [20, 50, 80])
-        return cls(float(median), float(p20), float(p80), int(x.size))
+        return cls(float(median), float(p20), float(p80), int(x.size), first_call_s)
 
 
 def time_callable(
@@ -75,12 +76,14 @@ def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int,
 
     # Eager first call on a side stream, as torch recommends before capturing: kernels get loaded, lazy
     # workspaces allocated, and errors surface here rather than as an invalidated capture.
+    start = time.perf_counter()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
+    first_call_s = time.perf_counter() - start
 
     graph = torch.cuda.CUDAGraph()
     try:
@@ -104,4 +107,4 @@ def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int,
             graph.reset()
         except Exception:  # noqa: BLE001
             pass
-    return Timing.from_samples(samples)
+    return Timing.from_samples(samples, first_call_s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import hashlib
 import importlib.metadata
+import logging
 import os
 import sys
 import time
@@ -37,8 +38,11 @@ VERIFY_TOP = 3  # candidates checked against the reference (``both``); the faste
 MAX_VERIFY_FAILURES = 10  # a kernel wrong this often is broken for the shape: stop looking for a winner
 CHECKPOINT_EVERY = 25  # timed candidates between checkpoints
 CHECKPOINT_SECONDS = 60.0
+SLOW_FIRST_CALL_S = 1.0  # a first launch this slow compiled (the disk cache missed)
 EXIT_RESUME = 75  # EX_TEMPFAIL: run the same command again to resume
 KERNEL_MODULES = ("_kernels", "fused_moe", "routing", "quant")  # the sources a timing depends on
+
+log = logging.getLogger(__name__)
 
 
 class ContextPoisoned(RuntimeError):
@@ -147,6 +151,7 @@ class _Job:
         self.resume: dict[Candidate, dict] = {}
         self._since_checkpoint, self._last_checkpoint = 0, time.monotonic()
         self._inputs = self._ref = None
+        self._warned_slow_first = False
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -238,7 +243,8 @@ class _Job:
         for cand in cands:
             done = self.resume.get(cand)
             if done is not None and (done["status"] != "ok" or done["iters"] >= iters):
-                self.rows[cand] = dict(done, winner=False)  # winners are chosen anew
+                # Winners are chosen anew; the row now belongs to this job's strategy (its timestamp stays).
+                self.rows[cand] = dict(done, winner=False, strategy=self.rows[cand]["strategy"])
                 self.measured.add(cand)
             elif self.rows[cand]["status"] == "ok" and (cand not in self.measured or self.rows[cand]["iters"] < iters):
                 todo.append(cand)
@@ -293,6 +299,11 @@ class _Job:
         self.rows[cand].update(status="ok", error=None, time_us=t.median_us, p20_us=t.p20_us, p80_us=t.p80_us,
                                iters=t.iters, timestamp=datetime.now(timezone.utc))
         self.measured.add(cand)
+        if self.backend == "cuda" and (t.first_call_s or 0) > SLOW_FIRST_CALL_S and not self._warned_slow_first:
+            self._warned_slow_first = True
+            log.warning("first launch of precompiled %s (%s) took %.1f s: compile_config did not fill the cache "
+                        "entry the launch uses, so compiling happens here, one config at a time",
+                        config_str(dict(zip(PARAMS, cid))), gemm, t.first_call_s)
 
     def _check_context(self, cand: Candidate) -> None:
         if self.backend != "cuda":
@@ -431,6 +442,8 @@ def seeds_from_shard(path, shape: KernelShape, scopes: Sequence[str], top: int =
 
     A seed from a ``both`` shard seeds the up and down GEMMs of a split job and vice versa.
     """
+    if not Path(path).is_file():
+        raise ValueError(f"--seed-from {path}: no such shard")
     frame = shard_io.to_frame(shard_io.read_shard(path))
     if not (frame["key"] == shape.key).all():
         raise ValueError(f"--seed-from {path}: not a shard of {shape.key}")
