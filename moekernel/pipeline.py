@@ -210,9 +210,9 @@ def check_file_collisions(keys: list[str]) -> None:
 
 
 def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | None = None,
-              kernel_hash: str | None = None) -> Plan:
+              kernel_hash: str | None = None, schema_path: Path = SCHEMA_PATH) -> Plan:
     """Validated config → the list of kernel keys and batch sizes to tune, and the settings they share."""
-    config = load_config(config)
+    config = load_config(config, schema_path)
     if kernel_shape is None:
         from moekernel.models import kernel_shape
     if kernel_hash is None:

@@ -23,7 +23,8 @@ if not workflow.overwrite_configfiles:
 VISIBLE_GPUS = gpus.visible_gpus()
 os.environ[gpus.ENV_GPUS] = ",".join(VISIBLE_GPUS)
 try:
-    PLAN = pipeline.make_plan(config, cuda_available=bool(VISIBLE_GPUS))
+    PLAN = pipeline.make_plan(config, cuda_available=bool(VISIBLE_GPUS),
+                              schema_path=REPO / "schema" / "config.schema.yaml")
 except pipeline.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 CFG = PLAN.config  # validated, defaults filled in
