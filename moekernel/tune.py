@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--key", required=True, help="kernel key, e.g. E8-N7168-K4096-top2-bf16")
     p.add_argument("--batch-size", type=int, required=True, help="M, the tokens of one call")
-    p.add_argument("--out", required=True, help="the shard to write (.parquet); <out>.partial is its checkpoint")
+    p.add_argument("--out", help="the shard to write (.parquet); <out>.partial is its checkpoint")
     p.add_argument("--strategy", default="fast", help="exhaustive, fast, or fast:eta=4,radius=2,...")
     p.add_argument("--space", default="vllm", help="'vllm', or a JSON object / file of parameter -> values")
     p.add_argument("--split", action="store_true", help="tune the up and down GEMMs separately")
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: min(16, CPUs available)")
     p.add_argument("--seed-from", nargs="+", action="extend", default=[], metavar="SHARD",
                    help="shards of the same key at other batch sizes whose best configs seed the fast strategy")
+    p.add_argument("--compile-only", action="store_true",
+                   help="only fill Triton's cache with the candidates of this batch size (give the shape's largest: "
+                        "they include every smaller one's), so the shape's tune jobs compile nothing; no shard")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the summary line is still printed)")
     return p
 
@@ -55,9 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # fail fast, before a re-exec
         KernelShape.from_key(args.key), load_space(args.space), get_strategy(args.strategy)
+        if args.out is None and not args.compile_only:
+            raise ValueError("--out is required (unless --compile-only)")
     except ValueError as exc:
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2
+    if args.compile_only:
+        return _compile_only(args)
 
     wants_interpreter = args.backend == "interpret" or (
         args.backend == "auto" and (os.environ.get("TRITON_INTERPRET") == "1" or not _cuda_available()))
@@ -80,6 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quiet:
         print(frame.attrs["summary"], file=sys.stderr)
+    return 0
+
+
+def _compile_only(args) -> int:
+    import time
+
+    from .tuning import precompile
+
+    start = time.monotonic()
+    frame = precompile(args.key, args.batch_size, space=args.space, split=args.split, backend=args.backend,
+                       jobs=args.jobs, progress=not args.quiet)
+    counts = ", ".join(f"{n} {status}" for status, n in frame["status"].value_counts().items()) or "nothing to do"
+    print(f"{args.key}: compiled {len(frame)} candidates ({counts}) in {time.monotonic() - start:.1f} s",
+          file=sys.stderr)
     return 0
 
 

@@ -49,3 +49,16 @@ def test_cli_rejects_bad_arguments(tmp_path):
                "--backend", "interpret")
     assert proc.returncode == 2 and "--space" in proc.stderr
     assert not out.exists()
+
+
+def test_cli_in_process_compile_only_and_missing_out(capsys):
+    from moekernel.tune import main
+
+    args = ["--key", "E4-N64-K64-top2-fp16", "--batch-size", "8", "--backend", "auto", "--quiet"]
+    assert main(args) == 2 and "--out is required" in capsys.readouterr().err
+    assert main([*args, "--compile-only", "--space", json.dumps(SPACE), "--jobs", "1"]) == 0
+    err = capsys.readouterr().err
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        assert "compiled 0 candidates (nothing to do)" in err  # the interpreter compiles nothing
+    else:
+        assert "compiled 2 candidates (2 ok)" in err

@@ -9,6 +9,8 @@ import sys
 import time
 import types
 
+import pytest
+
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
@@ -81,3 +83,14 @@ def test_worker_pool_compiles_in_order_and_survives_a_crash(monkeypatch):
 
 def test_default_jobs_is_bounded():
     assert 1 <= comp.default_jobs() <= 16
+
+
+@pytest.mark.cuda
+def test_precompile_fills_the_cache_for_the_tuner():
+    from moekernel.tuning import precompile
+
+    space = {"BLOCK_SIZE_M": [16, 32], "BLOCK_SIZE_N": [32, 64], "BLOCK_SIZE_K": [64], "GROUP_SIZE_M": [1],
+             "num_warps": [4], "num_stages": [2, 3]}
+    frame = precompile(SHAPE, 32, space=space, split=True, backend="cuda", jobs=2, progress=False)
+    assert len(frame) == 16 and set(frame["gemm"]) == {"up", "down"}
+    assert (frame["status"] == "ok").all() and frame["compile_s"].gt(0).all()

@@ -6,7 +6,7 @@ Public surface::
     time_callable(fn, ...) -> Timing                     the timing method, shared with bench and verify
     load_space, prune, VLLM_SPACE, PARAMS                the search space and its pruning rules
     SCHEMA, COLUMNS, STATUSES, read_shard, write_shard   the shard format
-    compile_configs                                      parallel compiling into Triton's cache
+    compile_configs, precompile                          parallel compiling into Triton's cache
 """
 
 from .compile import compile_configs
@@ -14,10 +14,10 @@ from .shard import COLUMNS, SCHEMA, STATUSES, read_shard, write_shard
 from .space import PARAMS, VLLM_SPACE, load_space, prune
 from .strategies import Exhaustive, Fast, get_strategy
 from .timing import Timing, time_callable
-from .tuner import EXIT_RESUME, ContextPoisoned, resolve_backend, tune
+from .tuner import EXIT_RESUME, ContextPoisoned, precompile, resolve_backend, tune
 
 __all__ = [
     "tune", "time_callable", "Timing", "load_space", "prune", "VLLM_SPACE", "PARAMS", "SCHEMA", "COLUMNS",
     "STATUSES", "read_shard", "write_shard", "compile_configs", "Exhaustive", "Fast", "get_strategy",
-    "ContextPoisoned", "EXIT_RESUME", "resolve_backend",
+    "ContextPoisoned", "EXIT_RESUME", "resolve_backend", "precompile",
 ]  # fmt: skip

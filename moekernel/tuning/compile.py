@@ -97,7 +97,8 @@ def compile_configs(
     """
     jobs = default_jobs() if jobs is None else int(jobs)
     results: list[CompileResult | None] = [None] * len(items)
-    bar = tqdm(total=len(items), desc="compile", unit="cfg", file=sys.stderr, disable=not progress, leave=False)
+    quiet = not progress or not items
+    bar = tqdm(total=len(items), desc="compile", unit="cfg", file=sys.stderr, disable=quiet, leave=False)
     try:
         if jobs <= 1 or len(items) <= 1:
             for i, (config, gemm) in enumerate(items):

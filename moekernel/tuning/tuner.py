@@ -138,6 +138,39 @@ def tune(
     return job.run(seed_from)
 
 
+def precompile(
+    shape: KernelShape | str,
+    batch_size: int,
+    *,
+    space="vllm",
+    split: bool = False,
+    backend: str = "auto",
+    jobs: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Compile every candidate that survives pruning at ``batch_size`` into Triton's disk cache, and nothing else.
+
+    Kernels do not specialise on M, and the candidates of the largest batch size include those of every smaller
+    one (pruning only gets stricter as M shrinks), so one such run per shape and machine, before its tune jobs,
+    leaves them nothing to compile. Returns one row per compiled (config, gemm): the six parameters, ``gemm``,
+    ``status``, ``compile_s``, ``error``. The interpreter compiles nothing (an empty frame).
+    """
+    shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
+    backend = resolve_backend(backend)
+    items = []
+    if backend == "cuda":
+        limit = device_smem_limit(backend, "cuda")
+        for gemm in ("up", "down") if split else ("both",):
+            items += [(c, gemm) for c, reason in prune(shape, batch_size, load_space(space), gemm=gemm,
+                                                        smem_limit=limit) if reason is None]
+    results = compile_configs(shape, batch_size, items, jobs=jobs, device="cuda", progress=progress)
+    return pd.DataFrame(
+        [{**config, "gemm": gemm, "status": r.status, "compile_s": r.seconds, "error": r.error}
+         for (config, gemm), r in zip(items, results)],
+        columns=[*PARAMS, "gemm", "status", "compile_s", "error"],
+    )
+
+
 class _Job:
     def __init__(self, shape, M, *, out, strategy, space, split, iters, routing, seed, backend, jobs, progress):
         self.shape, self.M, self.space, self.iters, self.backend = shape, M, space, iters, backend
@@ -320,8 +353,8 @@ class _Job:
     def _checkpoint(self, force: bool = False) -> None:
         if self.out is None or not self.measured:
             return
-        due = self._since_checkpoint >= CHECKPOINT_EVERY or time.monotonic() - self._last_checkpoint > CHECKPOINT_SECONDS
-        if not (force or due):
+        stale = time.monotonic() - self._last_checkpoint > CHECKPOINT_SECONDS
+        if not (force or stale or self._since_checkpoint >= CHECKPOINT_EVERY):
             return
         shard_io.write_shard(shard_io.partial_path(self.out), [self.rows[c] for c in self.rows if c in self.measured])
         self._since_checkpoint, self._last_checkpoint = 0, time.monotonic()
