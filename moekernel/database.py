@@ -59,8 +59,10 @@ SHAPES_SCHEMA = {
 }
 
 
-def _sql_list(paths: Iterable) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+def _read_shards(shards: Iterable) -> str:
+    """SQL reading every shard as one relation (columns matched by name, so older shards still fit)."""
+    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in shards)
+    return f"SELECT * FROM read_parquet([{files}], union_by_name = true)"
 
 
 def _create_table(con, name: str, rows: pd.DataFrame | list[dict], schema: dict) -> None:
@@ -77,7 +79,7 @@ def _create_table(con, name: str, rows: pd.DataFrame | list[dict], schema: dict)
 def open_shards(shards: list) -> duckdb.DuckDBPyConnection:
     """An in-memory connection with ``timings`` and ``winners`` views over the shard files."""
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW timings AS SELECT * FROM read_parquet({_sql_list(shards)}, union_by_name = true)")
+    con.execute(f"CREATE VIEW timings AS {_read_shards(shards)}")
     con.execute(f"CREATE VIEW winners AS {VIEWS['winners']}")
     return con
 
@@ -91,8 +93,7 @@ def build(db_path, shards: list, shapes: list[dict], comparisons: list | None = 
     db_path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(tmp))
     try:
-        con.execute(f"CREATE TABLE timings AS SELECT * FROM read_parquet({_sql_list(shards)}, union_by_name = true)"
-                    " ORDER BY key, batch_size, gemm, time_us NULLS LAST")
+        con.execute(f"CREATE TABLE timings AS {_read_shards(shards)} ORDER BY key, batch_size, gemm, time_us NULLS LAST")
         _create_table(con, "shapes", shapes, SHAPES_SCHEMA)
         _create_table(con, "comparisons", _comparisons(comparisons or []), COMPARISONS_SCHEMA)
         meta_rows = [{"name": k, "value": str(v)} for k, v in sorted((meta or {}).items())]
