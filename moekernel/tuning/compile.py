@@ -3,7 +3,8 @@
 Compiling (~0.8 s a config, more with two kernels) dominates a tuning job, and it is CPU work the GPU need not wait
 on one config at a time. Worker processes call ``moekernel.fused_moe.compile_config``, which fills Triton's
 on-disk cache; when the tuner then launches a config, Triton loads the binary instead of compiling. Kernels do not
-specialise on M, so one compile serves every batch size of a shape (and later jobs of the shape hit the cache).
+specialise on M, so one compile serves every batch size of a shape (and later jobs of the shape hit the cache:
+their ``compile_s`` is the cost of a cache hit, i.e. what compiling cost that job).
 
 Workers are spawned, not forked: the parent may hold a CUDA context, which a forked child cannot use.
 """

@@ -322,7 +322,10 @@ class _Job:
         runner = None
         try:
             runner = fused_moe.make_runner(self.inputs, dict(zip(PARAMS, cid)), gemm=gemm)
-            t = time_callable(runner, iters=iters, calls_per_graph=CALLS_PER_GRAPH, backend=self.backend)
+            # A screening round (fewer iterations than the final one) needs less settling than the final.
+            warmup = 2 if iters >= self.iters else 1
+            t = time_callable(runner, iters=iters, calls_per_graph=CALLS_PER_GRAPH, warmup=warmup,
+                              backend=self.backend)
         except Exception as exc:  # noqa: BLE001 - any failure of one config is that config's row
             self._fail(cand, classify_error(exc, "runtime_error"), error_text(exc))
             del runner
