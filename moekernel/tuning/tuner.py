@@ -10,8 +10,8 @@ the same job again resumes from the checkpoint in a fresh process, skipping the 
 
 from __future__ import annotations
 
-import importlib
 import hashlib
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -384,11 +384,11 @@ class _Job:
             return False, f"verification run failed: {error_text(exc)}"
         return err <= bound, f"relative error {err:.3g} vs reference (bound {bound:g} for {self.shape.dtype})"
 
-    def _passes(self, cand: Candidate, config=None) -> bool:
+    def _passes(self, cand: Candidate) -> bool:
         row = self.rows[cand]
         if row["verified"]:
             return True  # resumed from the checkpoint
-        ok, message = self._check(config or dict(zip(PARAMS, cand[0])))
+        ok, message = self._check(dict(zip(PARAMS, cand[0])))
         if ok:
             row["verified"] = True
         else:
