@@ -19,7 +19,7 @@ QUANT_WEIGHT_ONLY = 4  # int8 weights with a per-output-channel scale, activatio
 @triton.jit(do_not_specialize=["EM", "num_valid_tokens"])
 def _fused_moe_gemm(
     a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
-    sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr,
+    sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr, amax_ptr,
     N, K, EM, num_valid_tokens,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
     stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
@@ -28,6 +28,7 @@ def _fused_moe_gemm(
     A_ROW_DIV: tl.constexpr,  # rows of A are sorted_token_id // A_ROW_DIV (topk for the up GEMM, 1 for down)
     FUSE_SILU_MUL: tl.constexpr,  # b holds [gate; up] rows: write silu(x·gate) * (x·up), N columns
     MUL_ROUTED_WEIGHT: tl.constexpr,
+    OUT_AMAX: tl.constexpr,  # fold max|c| into amax_ptr: the next GEMM's dynamic per-tensor scale, without a pass
     QUANT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
     INT_ACC: tl.constexpr,  # int8 x int8 accumulates in int32
     DOT_FP32: tl.constexpr,  # interpreter: the CPU's dot on 16-bit floats is unreliable, so upcast
@@ -154,15 +155,19 @@ def _fused_moe_gemm(
         w = tl.load(topk_weights_ptr + offs_token, mask=token_mask, other=0.0)
         out = out * w[:, None]
 
+    c = out.to(c_ptr.dtype.element_ty)
+    if OUT_AMAX:
+        # Rows of padding hold zeros and wrapped columns repeat real ones, so neither moves the maximum.
+        tl.atomic_max(amax_ptr, tl.max(tl.max(tl.abs(c.to(tl.float32)), 1), 0))
     c_ptrs = c_ptr + offs_token[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=token_mask[:, None] & (offs_n[None, :] < N))
+    tl.store(c_ptrs, c, mask=token_mask[:, None] & (offs_n[None, :] < N))
 
 
 @triton.jit(do_not_specialize=["numel", "max_padded", "max_blocks"])
 def _moe_align(
-    topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, cursor_ptr,
+    topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, cursor_ptr, amax_ptr,
     numel, max_padded, max_blocks, num_experts,
-    BLOCK_SIZE_M: tl.constexpr, NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr, NUM_AMAX: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
 ):
     """One program: count tokens per expert, pad each run to BLOCK_SIZE_M, then place every token.
@@ -173,6 +178,9 @@ def _moe_align(
     """
     bins = tl.arange(0, NUM_BINS)
     chunk = tl.arange(0, CHUNK)
+    if NUM_AMAX > 0:
+        # This call's running maxima for dynamic per-tensor scales start from zero.
+        tl.store(amax_ptr + tl.arange(0, NUM_AMAX), tl.zeros((NUM_AMAX,), dtype=tl.float32))
 
     for start in range(0, max_padded, CHUNK):
         offs = start + chunk
@@ -254,3 +262,32 @@ def _quant_groups(
         y = tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5))  # round half away from zero
     tl.store(q_ptr + row * stride_qm + offs, y.to(q_ptr.dtype.element_ty), mask=mask)
     tl.store(s_ptr + row * stride_sm + g, scale)
+
+
+@triton.jit
+def _amax(x_ptr, amax_ptr, numel, BLOCK: tl.constexpr):
+    """amax_ptr[0] = max(amax_ptr[0], max |x|) over a flat tensor, one block per program."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)
+    tl.atomic_max(amax_ptr, tl.max(tl.abs(x), 0))
+
+
+@triton.jit
+def _quant_per_tensor(
+    x_ptr, q_ptr, scale_ptr, amax_ptr, numel,
+    BLOCK: tl.constexpr, QMAX: tl.constexpr, IS_INT: tl.constexpr, STATIC: tl.constexpr,
+):
+    """q = x / scale with a given scale (STATIC) or scale = max|x| / QMAX from a max gathered before."""
+    pid = tl.program_id(0)
+    if STATIC:
+        scale = tl.load(scale_ptr)
+    else:
+        scale = tl.maximum(tl.load(amax_ptr) / QMAX, 1e-10)
+        if pid == 0:
+            tl.store(scale_ptr, scale)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    y = tl.clamp(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) / scale, -QMAX, QMAX)
+    if IS_INT:
+        y = tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5))  # round half away from zero
+    tl.store(q_ptr + offs, y.to(q_ptr.dtype.element_ty), mask=mask)

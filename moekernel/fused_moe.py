@@ -19,7 +19,7 @@ import triton
 from . import _kernels
 from .configs import get_config
 from .heuristics import PARAMS
-from .quant import QUANT_DTYPES, FP8_DTYPE, quantize_activations, storage_dtype
+from .quant import QUANT_DTYPES, FP8_DTYPE, quantize_activations, quantize_per_tensor, storage_dtype
 from .routing import align_bins, fused_topk, launch_align, max_padded_tokens
 
 _OVERRIDES: list = []
@@ -175,10 +175,10 @@ class _Workspace:
         self.expert_ids = torch.empty(triton.cdiv(max_padded, block_m), **i32)
         self.num_post = torch.empty(1, **i32)
         self.cursor = torch.empty(align_bins(spec.E), **i32)
-        # Rows of non-local experts are never written; a dynamic per-tensor scale must not see them.
-        self.zeroed_inter = spec.has_map and spec.mode == _kernels.QUANT_PER_TENSOR and spec.scales[3] is None
-        alloc = torch.zeros if self.zeroed_inter else torch.empty
-        self.inter = alloc((numel, spec.N), dtype=spec.dtype, device=device)
+        self.inter = torch.empty((numel, spec.N), dtype=spec.dtype, device=device)
+        # Running maxima for dynamic per-tensor scales: [0] of x, [1] of the intermediate (gathered by the up
+        # GEMM over the rows it writes, so rows of non-local experts never count). Zeroed by the align kernel.
+        self.amax = torch.empty(2, dtype=torch.float32, device=device)
         self.out = torch.empty((spec.M, spec.K), dtype=spec.dtype, device=device)
         # Top-1 without expert parallelism: the down GEMM writes the output rows directly.
         self.direct = spec.topk == 1 and not spec.has_map
@@ -198,7 +198,8 @@ def _scale_strides(mode, a_scale, b_scale):
     return a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), b_scale.stride(2)
 
 
-def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, warmup=False):
+def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, out_amax=False,
+                 warmup=False):
     bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if up:
         # The tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each.
@@ -212,13 +213,13 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
             raise ValueError(f"BLOCK_SIZE_K={bk} must divide the quantization block's k={group_k}")
     em = ws.sorted_ids.numel()
     grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),)
-    args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post,
+    args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post, ws.amax[1:],
             n_out, k_in, em, spec.M * spec.topk,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
             *_scale_strides(spec.mode, a_scale, b_scale)]
     meta = dict(
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
-        A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up,
+        A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
         QUANT=spec.mode, GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpreted(),
         EVEN_K=k_in % bk == 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
@@ -249,9 +250,14 @@ class _Call:
     def align(self, warmup=False):
         ws = self.ws
         launch_align(self.topk_ids, self.expert_map, self.spec.E, self.up_cfg["BLOCK_SIZE_M"], ws.sorted_ids,
-                     ws.expert_ids, ws.num_post, ws.cursor, warmup=warmup)
+                     ws.expert_ids, ws.num_post, ws.cursor, amax=ws.amax, warmup=warmup)
 
-    def _quantized(self, x, scale, warmup):
+    @property
+    def _dynamic_a2(self) -> bool:
+        """The down GEMM's activation scale comes from the max the up GEMM gathers."""
+        return self.spec.mode == _kernels.QUANT_PER_TENSOR and self.spec.scales[3] is None
+
+    def _quantized(self, x, scale, warmup, slot):
         if self.spec.mode in (_kernels.QUANT_NONE, _kernels.QUANT_WEIGHT_ONLY):
             return x, None
         if warmup:  # shapes only: the compile needs dtypes and strides, not values
@@ -261,17 +267,20 @@ class _Call:
                 1 if spec.mode == _kernels.QUANT_PER_CHANNEL else triton.cdiv(x.shape[1], spec.block_shape[1]))
             shape = (1,) if spec.mode == _kernels.QUANT_PER_TENSOR else (x.shape[0], cols)
             return q, torch.empty(shape, dtype=torch.float32, device=x.device)
+        if self.spec.mode == _kernels.QUANT_PER_TENSOR:
+            return quantize_per_tensor(x, self.spec.quant_dtype, scale=scale, amax=self.ws.amax[slot:slot + 1],
+                                       amax_ready=slot == 1, interpret=self.interpret)
         return self.spec.activation_quant(x, scale, self.interpret)
 
     def up(self, warmup=False):
         spec, ws = self.spec, self.ws
-        a, a_scale = self._quantized(self.x, spec.scales[2], warmup)
+        a, a_scale = self._quantized(self.x, spec.scales[2], warmup, slot=0)
         _launch_gemm(spec, ws, self.up_cfg, a, self.w1, ws.inter, a_scale, spec.scales[0], self.topk_weights,
-                     n_out=spec.N, k_in=spec.K, up=True, warmup=warmup)
+                     n_out=spec.N, k_in=spec.K, up=True, out_amax=self._dynamic_a2, warmup=warmup)
 
     def down(self, warmup=False):
         spec, ws = self.spec, self.ws
-        a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup)
+        a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup, slot=1 if self._dynamic_a2 else 0)
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
                      n_out=spec.K, k_in=spec.N, up=False, warmup=warmup)
 
@@ -353,13 +362,21 @@ def compile_config(shape, M: int, config, gemm: str = "both", device=None) -> No
 
 
 def smem_bytes(shape, config, gemm: str = "both") -> int:
-    """Shared memory the pipelined tiles of one GEMM need (the larger of the two for "both")."""
-    from .heuristics import smem_bytes as tile_bytes
+    """Shared memory one GEMM's launch is expected to need (the larger of the two for "both"), for pruning.
 
+    Triton's pipeliner keeps num_stages - 1 tiles of A and B in flight plus a 16-bit epilogue tile; this figure
+    prunes 27% of the engines' space on Hopper, the share that fails there. Deliberately not conservative:
+    a candidate that still does not fit is recorded as out_of_resources, while one pruned wrongly would be lost.
+    """
     a_bytes = 1 if shape.dtype in ("fp8_w8a8", "int8_w8a8") else 2
     b_bytes = 1 if shape.dtype in QUANT_DTYPES else 2
+
+    def need(cfg):
+        bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
+        return (cfg["num_stages"] - 1) * (bm * bk * a_bytes + bk * bn * b_bytes) + bm * bn * 2
+
     up, down = normalize_config(config)
-    sizes = {"up": tile_bytes(up, a_bytes, b_bytes), "down": tile_bytes(down, a_bytes, b_bytes)}
+    sizes = {"up": need(up), "down": need(down)}
     return max(sizes.values()) if gemm == "both" else sizes[gemm]
 
 

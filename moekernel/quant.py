@@ -65,11 +65,37 @@ def quantize_activations(
                 IS_INT=not dtype.is_floating_point,
             )
         return q, s
-    if scale is None:  # dynamic per-tensor
-        scale = (x.abs().amax().float() / qmax(dtype)).clamp_min(1e-10).reshape(1)
-    else:
+    return quantize_per_tensor(x, quant_dtype, scale=scale, interpret=interpret)
+
+
+def quantize_per_tensor(x, quant_dtype, *, scale=None, amax=None, amax_ready=False, interpret=False):
+    """One scale for the whole tensor: ``scale`` if given (static), else max|x| / qmax (dynamic).
+
+    ``amax`` is a one-element float32 slot for the running maximum; with ``amax_ready`` it already holds max|x|
+    (gathered by the GEMM that wrote x), so no extra pass over x is made. On the GPU this is two launches at most.
+    """
+    dtype = storage_dtype(quant_dtype)
+    if interpret or not x.is_contiguous():
+        # The interpreter's float-to-fp8 conversion does not round to nearest; torch's does, like the GPU.
+        if scale is None:
+            peak = amax.reshape(()) if amax_ready else x.abs().amax().float()
+            scale = (peak / qmax(dtype)).clamp_min(1e-10)
         scale = scale.float().reshape(1)
-    return _to_storage(x.float() / scale, dtype), scale
+        return _to_storage(x.float() / scale, dtype), scale
+    from ._kernels import _amax, _quant_per_tensor
+
+    static = scale is not None
+    q = torch.empty(x.shape, dtype=dtype, device=x.device)
+    s = scale.float().reshape(1) if static else torch.empty(1, dtype=torch.float32, device=x.device)
+    if amax is None:
+        amax = torch.zeros(1, dtype=torch.float32, device=x.device)
+    numel, block = x.numel(), 4096
+    grid = (max(1, triton.cdiv(numel, block)),)
+    if not static and not amax_ready:
+        _amax[grid](x, amax, numel, BLOCK=block)
+    _quant_per_tensor[grid](x, q, s, amax, numel, BLOCK=block, QMAX=qmax(dtype), IS_INT=not dtype.is_floating_point,
+                            STATIC=static)
+    return q, s
 
 
 def _quantize_groups_torch(x, dtype, group, n_groups):

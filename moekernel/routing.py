@@ -67,14 +67,20 @@ def align_bins(num_experts: int) -> int:
     return max(16, triton.next_power_of_2(num_experts + 1))
 
 
-def launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expert_ids, num_post, cursor=None, warmup=False):
-    """Fill preallocated alignment buffers (used by moe_align_block_size and the fused op's workspace)."""
+def launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expert_ids, num_post, cursor=None,
+                 amax=None, warmup=False):
+    """Fill preallocated alignment buffers (used by moe_align_block_size and the fused op's workspace).
+
+    ``amax`` (float32, power-of-two length): the fused op's running-maximum slots, zeroed here since this kernel
+    runs first in every call.
+    """
     bins = align_bins(num_experts)
     if cursor is None:
         cursor = torch.empty(bins, dtype=torch.int32, device=sorted_ids.device)
-    args = [topk_ids, expert_map, sorted_ids, expert_ids, num_post, cursor,
+    args = [topk_ids, expert_map, sorted_ids, expert_ids, num_post, cursor, amax,
             topk_ids.numel(), sorted_ids.numel(), expert_ids.numel(), num_experts]
     meta = dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, HAS_MAP=expert_map is not None,
+                NUM_AMAX=0 if amax is None else amax.numel(),
                 CHUNK=1024, BLOCK_CHUNK=max(16, 8192 // bins), num_warps=8)
     if warmup:
         _moe_align.warmup(*[a.dtype if isinstance(a, torch.Tensor) else a for a in args], grid=(1,), **meta)
