@@ -173,15 +173,15 @@ def _launch_key(shape: KernelShape, M: int, config: Mapping[str, int], gemms: tu
 
 
 def block_quant_reason(shape: KernelShape, config: Mapping[str, int]) -> str | None:
-    """Block-quantized weights: the tile and the quant block must divide each other (a tile inside one scale block,
-    or whole scale blocks inside a tile). vLLM demands the first only; the kernel handles both."""
+    """Block-quantized weights: a K step must stay inside one scale block (BLOCK_SIZE_K divides block_k), since
+    the kernel scales each partial dot by one scale per row and column. BLOCK_SIZE_N is free: the kernel reads one
+    scale per output column, so tiles and scale blocks need not line up along N."""
     if shape.block_shape is None:
         return None
-    block_n, block_k = shape.block_shape
-    for param, block in (("BLOCK_SIZE_N", block_n), ("BLOCK_SIZE_K", block_k)):
-        tile = config[param]
-        if block % tile and tile % block:
-            return f"block quant: {param}={tile} and quant block {block} do not divide each other"
+    block_k = shape.block_shape[1]
+    tile = config["BLOCK_SIZE_K"]
+    if block_k % tile:
+        return f"block quant: BLOCK_SIZE_K={tile} does not divide the quant block's k={block_k}"
     return None
 
 

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import logging
+import math
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ from ..shapes import KernelShape
 from . import shard as shard_io
 from .compile import classify_error, compile_configs, error_text
 from .space import PARAMS, config_id, config_str, device_smem_limit, load_space, prune
-from .strategies import Candidate, describe, get_strategy
+from .strategies import Candidate, Fast, describe, get_strategy
 from .timing import INTERPRET_MAX_ITERS, time_callable
 
 #: Largest accepted ‖out − ref‖ / ‖ref‖; the reference quantizes like the kernel, so quantized modes only add
@@ -222,6 +223,8 @@ class _Job:
         seeds = set()
         for path in paths:
             seeds |= seeds_from_shard(path, self.shape, self.scopes)
+        if not seeds and isinstance(self.strategy, Fast):
+            seeds = heuristic_seeds(self.shape, self.M, self.space, self.scopes)
         return seeds & survivors
 
     @property
@@ -491,4 +494,19 @@ def seeds_from_shard(path, shape: KernelShape, scopes: Sequence[str], top: int =
         targets = [gemm] if gemm in scopes else list(scopes)
         for row in picks[list(PARAMS)].itertuples(index=False):
             seeds.update((tuple(int(v) for v in row), t) for t in targets)
+    return seeds
+
+
+def heuristic_seeds(shape: KernelShape, M: int, space, scopes: Sequence[str]) -> set[Candidate]:
+    """Seeds for a fast job with no neighbouring shard: the default rule at M and at the neighbouring regimes
+    (M/4, 4M), and the engines' default, each snapped onto the search space."""
+    from ..heuristics import default_config, engine_default_config
+
+    args = (shape.E, shape.N, shape.K, shape.topk, shape.quant_dtype, shape.block_shape)
+    configs = [default_config(max(1, m), *args) for m in (M // 4, M, 4 * M)]
+    configs.append(engine_default_config(M, *args))
+    seeds = set()
+    for config in configs:
+        snapped = tuple(min(space[p], key=lambda v: (abs(math.log2(v) - math.log2(config[p])), v)) for p in PARAMS)
+        seeds.update((snapped, gemm) for gemm in scopes)
     return seeds
