@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One lease of a GPU machine: check, test and time everything in one call (see BENCHMARKS.md).
+#   bash benchmarks/gpu_session.sh STAGE...   with STAGE in env tests bench tune pipeline
+# Logs land in $OUT (or ./gpu-logs); the GPU machine has torch + triton but no snakemake/duckdb, which travel
+# as wheels in .whl/ (../shared/tools/gpu-wheels.sh) and are installed here first.
+set -u
+OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [ -d .whl ] && ! python3 -c "import snakemake, duckdb" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site PATH=/tmp/site/bin:$PATH
+fi
+run() { local name=$1; shift; echo "=== $name: $*"; local t0=$SECONDS
+  timeout "${STAGE_TIMEOUT:-400}" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  tail -n "${TAIL:-25}" "$OUT/$name.log"; echo "=== $name rc=$rc in $((SECONDS - t0)) s"; }
+for stage in "$@"; do
+  case $stage in
+    env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+         python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" ;;
+    tests) run gpu-tests python3 -m pytest tests/test_fused_moe.py tests/test_routing.py tests/test_configs.py -q -x ;;
+    bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$OUT/bench-bf16.json"
+           run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$OUT/bench-fp8.json" ;;
+    tune) for M in 1 64 1024; do
+            run tune-fast-bs$M python3 -m moekernel.tune --key E8-N7168-K4096-top2-bf16 --batch-size $M --strategy fast --out "$OUT/fast-bs$M.parquet"
+          done ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
