@@ -17,11 +17,18 @@ for stage in "$@"; do
   case $stage in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
          python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" ;;
-    tests) run gpu-tests python3 -m pytest tests/test_fused_moe.py tests/test_routing.py tests/test_configs.py -q -x ;;
-    bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$OUT/bench-bf16.json"
-           run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$OUT/bench-fp8.json" ;;
-    tune) for M in 1 64 1024; do
-            run tune-fast-bs$M python3 -m moekernel.tune --key E8-N7168-K4096-top2-bf16 --batch-size $M --strategy fast --out "$OUT/fast-bs$M.parquet"
+    tests) run gpu-tests python3 -m pytest tests/test_fused_moe.py tests/test_routing.py tests/test_configs.py tests/test_tuning_timing.py tests/test_tuning_compile.py -q -x ;;
+    bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$OUT/bench-bf16.json" ;;
+    bench-fp8) run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$OUT/bench-fp8.json" ;;
+    tune-fast) for M in ${BATCHES:-1 64 1024}; do
+            run tune-fast-bs$M python3 -m moekernel.tune --key ${KEY:-E8-N7168-K4096-top2-bf16} --batch-size $M --strategy fast --out "$OUT/fast-bs$M.parquet"
+          done ;;
+    tune-exhaustive) for M in ${BATCHES:-1 64 1024}; do
+            run tune-exh-bs$M python3 -m moekernel.tune --key ${KEY:-E8-N7168-K4096-top2-bf16} --batch-size $M --strategy exhaustive --out "$OUT/exh-bs$M.parquet"
+          done ;;
+    compile) space='{"BLOCK_SIZE_M":[16,64],"BLOCK_SIZE_N":[64,128],"BLOCK_SIZE_K":[64,128],"GROUP_SIZE_M":[1,16],"num_warps":[4,8],"num_stages":[3,4]}'
+          for jobs in 1 16; do
+            TRITON_CACHE_DIR=$(mktemp -d) run compile-jobs$jobs python3 -m moekernel.tune --key E8-N7168-K4096-top2-bf16 --batch-size 4096 --space "$space" --compile-only --jobs $jobs --out "$OUT/compile-jobs$jobs.parquet"
           done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
