@@ -55,7 +55,10 @@ def _finish(fig, ax, title: str, interpreted: bool, path) -> None:
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("batch size M (tokens)")
     ax.grid(True, alpha=0.3)
-    ax.set_title(title + (f"\n{INTERPRETER_TITLE}" if interpreted else ""), color="red" if interpreted else None)
+    if interpreted:
+        ax.set_title(f"{title}\n{INTERPRETER_TITLE}", color="red")
+    else:
+        ax.set_title(title)
     if ax.lines:
         ax.legend(fontsize="small")
     fig.tight_layout()
