@@ -49,10 +49,10 @@ def load_comparisons(db_path) -> pd.DataFrame:
 
 
 def _finish(fig, ax, title: str, interpreted: bool, path) -> None:
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set_xlabel("batch size M (tokens)")
     ax.grid(True, alpha=0.3)
     if interpreted:
