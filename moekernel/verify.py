@@ -67,13 +67,12 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
     ``device_name``: whose files to check (the device the key was tuned on, :func:`tuned_device`); the
     baseline folder is looked up under the same name.
     """
-    import torch
-
     from moekernel import configs, testing
     from moekernel.fused_moe import fused_experts, make_runner
     from moekernel.reference import fused_experts_ref, relative_error
     from moekernel.tuning.timing import time_callable
-    from moekernel.tuning.tuner import REL_ERROR_BOUND  # the tuner's bound: a winner it accepted passes here
+    # The tuner's own bound and graph size: a winner it accepted passes here, and times compare with the shards'.
+    from moekernel.tuning.tuner import CALLS_PER_GRAPH, REL_ERROR_BOUND
 
     shape = KernelShape.from_key(key)
     torch_device = "cuda" if backend == "cuda" else "cpu"
@@ -102,7 +101,8 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
                    "config_batch_size": config_m}
             try:
                 err = relative_error(fused_experts(**inputs.kwargs(), config=config), ref)
-                timing = time_callable(make_runner(inputs, config), iters=iters, backend=backend)
+                timing = time_callable(make_runner(inputs, config), iters=iters, calls_per_graph=CALLS_PER_GRAPH,
+                                       backend=backend)
                 row.update(time_us=timing.median_us, rel_error=err, ok=err <= bound,
                            note=INTERPRETER_NOTE if backend == "interpret" else None)
                 if err > bound:
