@@ -26,10 +26,15 @@ for stage in "$@"; do
     tune-exhaustive) for M in ${BATCHES:-1 64 1024}; do
             run tune-exh-bs$M python3 -m moekernel.tune --key ${KEY:-E8-N7168-K4096-top2-bf16} --batch-size $M --strategy exhaustive --out "$OUT/exh-bs$M.parquet"
           done ;;
-    compile) space='{"BLOCK_SIZE_M":[16,64],"BLOCK_SIZE_N":[64,128],"BLOCK_SIZE_K":[64,128],"GROUP_SIZE_M":[1,16],"num_warps":[4,8],"num_stages":[3,4]}'
+    compile) space='{"BLOCK_SIZE_M":[16,64],"BLOCK_SIZE_N":[64,128],"BLOCK_SIZE_K":[64,128],"GROUP_SIZE_M":[1],"num_warps":[4,8],"num_stages":[3,4]}'
           for jobs in 1 16; do
             TRITON_CACHE_DIR=$(mktemp -d) run compile-jobs$jobs python3 -m moekernel.tune --key E8-N7168-K4096-top2-bf16 --batch-size 4096 --space "$space" --compile-only --jobs $jobs --out "$OUT/compile-jobs$jobs.parquet"
           done ;;
+    sidebyside) run sidebyside python3 -m moekernel.bench --batch-sizes 1,64,1024 --configs benchmarks/vllm-h100-configs --tuned benchmarks/tuned-h200-fast --skip-torch --iters 50 --markdown --json "$OUT/sidebyside.json" ;;
+    pipeline) rm -rf /tmp/gpu-run
+          run pipeline snakemake --snakefile "$PWD/Snakefile" --directory /tmp/gpu-run --configfile "$PWD/benchmarks/gpu-pipeline.yaml" --cores 16
+          run pipeline-rerun snakemake --snakefile "$PWD/Snakefile" --directory /tmp/gpu-run --configfile "$PWD/benchmarks/gpu-pipeline.yaml" --cores 16 -n
+          (cd /tmp/gpu-run && tar czf "$OUT/gpu-run.tgz" results logs) ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done
