@@ -10,24 +10,29 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 from pathlib import Path
 
 from .heuristics import PARAMS, default_config
 
 SHIPPED_FOLDER = Path(__file__).parent / "configs_shipped"
 ENV_FOLDER = "MOEKERNEL_CONFIG_FOLDER"
+CPU_DEVICE = "cpu-interpreter"
+
+
+def engine_device_name(raw: str) -> str:
+    """A device as engines spell it in file names: spaces to '_', every H200 variant as NVIDIA_H200."""
+    name = raw.replace(" ", "_")
+    return "NVIDIA_H200" if "H200" in name else name
 
 
 def device_name() -> str:
-    """The current GPU as engines spell it in file names; a CPU name when there is no GPU."""
+    """The current GPU as engines spell it in file names; ``cpu-interpreter`` when there is no GPU, so configs
+    measured in the Triton interpreter can never pass for a GPU's."""
     import torch
 
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name().replace(" ", "_")
-        # Engines fold every H200 variant into one name.
-        return "NVIDIA_H200" if "H200" in name else name
-    return f"cpu-interpreter-{platform.machine() or 'unknown'}"
+        return engine_device_name(torch.cuda.get_device_name())
+    return CPU_DEVICE
 
 
 _current_device_name = device_name  # the parameters below shadow the name
@@ -93,7 +98,7 @@ def load_configs(E: int, N: int, dtype: str | None = None, block_shape=None, dev
             down = folder / down_name
             if down.is_file():
                 down_configs = _read(down)
-                return {m: {"up": c, "down": down_configs[_nearest(down_configs, m)]} for m, c in configs.items()}
+                return {m: {"up": c, "down": down_configs[nearest_batch_size(down_configs, m)]} for m, c in configs.items()}
             return configs
     return None
 
@@ -103,7 +108,8 @@ def _cached_configs(E, N, dtype, block_shape, device, env):
     return load_configs(E, N, dtype, block_shape, device)
 
 
-def _nearest(configs: dict[int, dict], M: int) -> int:
+def nearest_batch_size(configs: dict[int, dict], M: int) -> int:
+    """The entry an engine uses for M: the nearest batch size, the smaller one on a tie."""
     return min(configs, key=lambda m: (abs(m - M), m))
 
 
@@ -112,7 +118,7 @@ def get_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None = No
     block = tuple(block_shape) if block_shape is not None else None
     configs = _cached_configs(E, N, dtype, block, _current_device_name(), os.environ.get(ENV_FOLDER))
     if configs:
-        return configs[_nearest(configs, M)]
+        return configs[nearest_batch_size(configs, M)]
     return default_config(M, E, N, K, topk, dtype, block)
 
 

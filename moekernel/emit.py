@@ -27,12 +27,6 @@ class EmitError(Exception):
     """The winners cannot be written as engine files without losing or overwriting some."""
 
 
-def engine_device_name(device: str) -> str:
-    """A shard's device column as engines spell it in file names (spaces to '_', every H200 as one)."""
-    name = device.replace(" ", "_")
-    return "NVIDIA_H200" if "H200" in name else name
-
-
 def plan_files(winners: pd.DataFrame) -> dict[str, dict[int, dict]]:
     """File name → {batch size: config} for every winner row; raises EmitError on any clash."""
     files: dict[str, dict[int, dict]] = {}
@@ -42,7 +36,7 @@ def plan_files(winners: pd.DataFrame) -> dict[str, dict[int, dict]]:
         gemms.setdefault(key, set()).add(gemm)
         shape = KernelShape.from_key(key)
         name = configs.config_file_name(shape.E, shape.N, shape.config_dtype, shape.block_shape,
-                                        device_name=engine_device_name(device),
+                                        device_name=configs.engine_device_name(device),
                                         gemm="down" if gemm == "down" else None)
         if owner.setdefault(name, key) != key:
             raise EmitError(

@@ -27,21 +27,15 @@ COLUMNS = list(COMPARISONS_SCHEMA)
 INTERPRETER_NOTE = "interpreter: timing meaningless"
 
 
-def nearest(configs: dict[int, dict], M: int) -> int:
-    """The entry an engine uses for M: the nearest batch size, the smaller one on a tie."""
-    return min(configs, key=lambda m: (abs(m - M), m))
-
-
 def tuned_device(shards: list) -> str | None:
     """The device a key's shards were timed on, spelt as in the emitted file names (see moekernel.emit).
 
     Several devices (a mixed cluster): the one this job runs on if it is among them, else the first.
     """
     from moekernel import configs, database
-    from moekernel.emit import engine_device_name
 
     con = database.open_shards(shards)
-    devices = sorted({engine_device_name(d) for (d,) in con.execute("SELECT DISTINCT device FROM timings").fetchall()})
+    devices = sorted({configs.engine_device_name(d) for (d,) in con.execute("SELECT DISTINCT device FROM timings").fetchall()})
     if len(devices) > 1:
         log.warning("shards were timed on several devices: %s", ", ".join(devices))
         here = configs.device_name()
@@ -90,7 +84,7 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
                                                          shape.block_shape), None)}
         for source, table in sources.items():
             if table:
-                m = nearest(table, M)
+                m = configs.nearest_batch_size(table, M)
                 candidates[source] = (table[m], m)
             else:
                 # A missing tuned file is a failure; a baseline folder without this shape is just no data.

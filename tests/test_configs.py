@@ -40,7 +40,7 @@ def test_reads_vllm_file_unchanged_and_picks_nearest_batch():
     assert sorted(loaded)[:3] == [1, 2, 4] and len(loaded) == 18
     assert loaded[1024] == {"BLOCK_SIZE_M": 128, "BLOCK_SIZE_N": 256, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 16,
                             "num_warps": 8, "num_stages": 4}
-    assert configs._nearest(loaded, 1000) == 1024 and configs._nearest(loaded, 20) == 16
+    assert configs.nearest_batch_size(loaded, 1000) == 1024 and configs.nearest_batch_size(loaded, 20) == 16
 
 
 def test_search_order_folders_then_env_then_shipped(tmp_path, monkeypatch):

@@ -95,8 +95,8 @@ def test_open_shards_without_a_database(sources):
 
 
 def test_readme_sql_examples_run(db):
-    """Every ```sql block of docs/PIPELINE.md runs against a real database and returns rows."""
-    text = (REPO / "docs" / "PIPELINE.md").read_text()
+    """Every ```sql block of the README runs against a real database and returns rows."""
+    text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
     assert len(blocks) >= 4
     for sql in blocks:

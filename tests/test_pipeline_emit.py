@@ -62,8 +62,8 @@ def test_two_keys_on_one_file_name_stop_naming_both(tmp_path, write_shard):
 
 
 def test_device_names_as_engines_spell_them(tmp_path, write_shard):
-    assert emit.engine_device_name("NVIDIA H200 NVL") == "NVIDIA_H200"
-    assert emit.engine_device_name("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
+    assert configs.engine_device_name("NVIDIA H200 NVL") == "NVIDIA_H200"
+    assert configs.engine_device_name("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
     shard = write_shard(tmp_path / "bs1.parquet", KEY, 1, [(cfg(16), 1.0)], device="cpu-interpreter",
                         backend="interpret")
     (path,) = emit.emit_from_shards([shard], tmp_path / "configs")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..configs import CPU_DEVICE
 from ..shapes import KernelShape
 from . import shard as shard_io
 from .compile import classify_error, compile_configs, error_text
@@ -193,7 +194,7 @@ class _Job:
         import torch
 
         s = self.shape
-        device = torch.cuda.get_device_name(self.device) if self.backend == "cuda" else "cpu-interpreter"
+        device = torch.cuda.get_device_name(self.device) if self.backend == "cuda" else CPU_DEVICE
         return {
             "key": s.key, "dtype": s.dtype, "E": s.E, "N": s.N, "K": s.K, "topk": s.topk,
             "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
