@@ -164,6 +164,9 @@ class _Spec:
                                     interpret=interpret)
 
 
+_AMAX_STRIDE = 4  # float32 slots: 16 bytes
+
+
 class _Workspace:
     """Every buffer one fused call needs, allocated up front so the call can be replayed in a CUDA graph."""
 
@@ -176,13 +179,18 @@ class _Workspace:
         self.num_post = torch.empty(1, **i32)
         self.cursor = torch.empty(align_bins(spec.E), **i32)
         self.inter = torch.empty((numel, spec.N), dtype=spec.dtype, device=device)
-        # Running maxima for dynamic per-tensor scales: [0] of x, [1] of the intermediate (gathered by the up
+        # Running maxima for dynamic per-tensor scales: slot 0 of x, slot 1 of the intermediate (gathered by the up
         # GEMM over the rows it writes, so rows of non-local experts never count). Zeroed by the align kernel.
-        self.amax = torch.empty(2, dtype=torch.float32, device=device)
+        # Slots sit 16 bytes apart: Triton specialises pointers on 16-byte alignment, and a slot that is not
+        # aligned would launch a different binary from the one compile_config built (a recompile per config).
+        self.amax = torch.empty(2 * _AMAX_STRIDE, dtype=torch.float32, device=device)
         self.out = torch.empty((spec.M, spec.K), dtype=spec.dtype, device=device)
         # Top-1 without expert parallelism: the down GEMM writes the output rows directly.
         self.direct = spec.topk == 1 and not spec.has_map
         self.down_out = self.out if self.direct else torch.empty((numel, spec.K), dtype=spec.dtype, device=device)
+
+    def amax_slot(self, slot: int) -> torch.Tensor:
+        return self.amax[slot * _AMAX_STRIDE:slot * _AMAX_STRIDE + 1]
 
 
 def _scale_strides(mode, a_scale, b_scale):
@@ -213,7 +221,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
             raise ValueError(f"BLOCK_SIZE_K={bk} must divide the quantization block's k={group_k}")
     em = ws.sorted_ids.numel()
     grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),)
-    args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post, ws.amax[1:],
+    args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post, ws.amax_slot(1),
             n_out, k_in, em, spec.M * spec.topk,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
             *_scale_strides(spec.mode, a_scale, b_scale)]
@@ -268,7 +276,7 @@ class _Call:
             shape = (1,) if spec.mode == _kernels.QUANT_PER_TENSOR else (x.shape[0], cols)
             return q, torch.empty(shape, dtype=torch.float32, device=x.device)
         if self.spec.mode == _kernels.QUANT_PER_TENSOR:
-            return quantize_per_tensor(x, self.spec.quant_dtype, scale=scale, amax=self.ws.amax[slot:slot + 1],
+            return quantize_per_tensor(x, self.spec.quant_dtype, scale=scale, amax=self.ws.amax_slot(slot),
                                        amax_ready=slot == 1, interpret=self.interpret)
         return self.spec.activation_quant(x, scale, self.interpret)
 

@@ -214,11 +214,22 @@ def test_gpu_cuda_graph_replay_matches_eager():
     assert torch.equal(call.ws.out, eager)
 
 
+def _compiled_binaries(fn) -> int:
+    # Triton keeps, per device, a dict of the binaries compiled for each specialisation of a kernel.
+    return sum(len(entry[0]) for entry in fn.device_caches.values())
+
+
 @pytest.mark.cuda
-def test_gpu_compile_config_then_run():
+@pytest.mark.parametrize("extra", [{"block_shape": (128, 128)}, {}], ids=["block", "per-tensor"])
+def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra):
+    from moekernel import _kernels
     from moekernel.fused_moe import compile_config
 
-    shape = KernelShape(8, 256, 512, 2, "fp8_w8a8", block_shape=(128, 128))
+    shape = KernelShape(8, 256, 512, 2, "fp8_w8a8", **extra)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
     compile_config(shape, 77, cfg)
+    before = _compiled_binaries(_kernels._fused_moe_gemm)
     check(shape, 77, config=cfg, device="cuda")
+    # A launch whose arguments specialise differently (say, a pointer off 16-byte alignment) would compile anew,
+    # and the tuner's parallel compiling would be wasted.
+    assert _compiled_binaries(_kernels._fused_moe_gemm) == before
