@@ -193,8 +193,8 @@ def _moe_align(
         e = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
         if HAS_MAP:
             e = tl.load(expert_map_ptr + e, mask=valid, other=-1)
-        # Skipped entries land in bin num_experts, which is never placed.
-        e = tl.where(valid & (e >= 0), e, num_experts)
+        # Skipped entries (other ranks' experts, and ids out of range) land in bin num_experts, never placed.
+        e = tl.where(valid & (e >= 0) & (e < num_experts), e, num_experts)
         counts += tl.histogram(e, NUM_BINS)
     counts = tl.where(bins < num_experts, counts, 0)
     padded = (counts + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M
@@ -220,7 +220,7 @@ def _moe_align(
         e = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
         if HAS_MAP:
             e = tl.load(expert_map_ptr + e, mask=valid, other=-1)
-        valid = valid & (e >= 0)
+        valid = valid & (e >= 0) & (e < num_experts)
         slot = tl.atomic_add(cursor_ptr + e, 1, mask=valid)
         tl.store(sorted_ids_ptr + slot, offs, mask=valid)
 

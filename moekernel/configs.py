@@ -22,7 +22,7 @@ CPU_DEVICE = "cpu-interpreter"
 def engine_device_name(raw: str) -> str:
     """A device as engines spell it in file names: spaces to '_', every H200 variant as NVIDIA_H200."""
     name = raw.replace(" ", "_")
-    return "NVIDIA_H200" if "H200" in name else name
+    return "NVIDIA_H200" if "H200" in name.split("_") else name  # a GH200 is not an H200
 
 
 def device_name() -> str:
@@ -48,7 +48,7 @@ def config_file_name(E: int, N: int, dtype: str | None = None, block_shape=None,
     if dtype:
         name += f",dtype={dtype}"
     if block_shape is not None and all(block_shape):
-        name += f",block_shape=[{int(block_shape[0])}, {int(block_shape[1])}]"
+        name += f",block_shape=[{int(block_shape[0])},{int(block_shape[1])}]"
     if gemm not in (None, "both", "up", "down"):
         raise ValueError(f"gemm must be None, 'both', 'up' or 'down', got {gemm!r}")
     return name + ("_down.json" if gemm == "down" else ".json")

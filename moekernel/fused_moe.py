@@ -2,7 +2,8 @@
 
 Launches per call: one alignment kernel, one up-GEMM kernel (x·w1 gate and up halves with silu(gate)*up in its
 epilogue, so the [tokens, 2N] intermediate never reaches memory), activation quantization where the dtype needs
-it, one down-GEMM kernel (routing weight in its epilogue) and one top-k sum (skipped for top-1).
+it, one down-GEMM kernel (routing weight in its epilogue) and one top-k sum (skipped for top-1 without an
+expert map).
 
 Config semantics match the engines' files: BLOCK_SIZE_N of the up GEMM counts weight rows, gate and up together,
 so a file tuned for vLLM's kernel puts the same tile footprint on this one.
@@ -11,7 +12,6 @@ so a file tuned for vLLM's kernel puts the same tile footprint on this one.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import triton
@@ -26,8 +26,12 @@ _OVERRIDES: list = []
 
 
 def interpreted() -> bool:
-    """True when the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 before import)."""
-    return type(_kernels._fused_moe_gemm).__name__ == "InterpretedFunction" or os.environ.get("TRITON_INTERPRET") == "1"
+    """True when the kernels run in Triton's CPU interpreter.
+
+    Triton fixes this when a kernel is defined (TRITON_INTERPRET=1 at import), so the kernel's type is the truth;
+    the variable's value later says nothing about the kernels already defined.
+    """
+    return type(_kernels._fused_moe_gemm).__name__ == "InterpretedFunction"
 
 
 @contextlib.contextmanager
@@ -71,9 +75,12 @@ def normalize_config(config) -> tuple[dict, dict]:
                 "up and down configs must share BLOCK_SIZE_M (one token alignment feeds both GEMMs); got "
                 f"{up['BLOCK_SIZE_M']} and {down['BLOCK_SIZE_M']}"
             )
-        return up, down
-    cfg = _check_one(config, "fused-MoE")
-    return cfg, cfg
+    else:
+        up = down = _check_one(config, "fused-MoE")
+    if up["BLOCK_SIZE_N"] < 32:
+        raise ValueError(f"the up GEMM's BLOCK_SIZE_N must be >= 32 (it holds gate and up halves), got "
+                         f"{up['BLOCK_SIZE_N']}")
+    return up, down
 
 
 class _Spec:
@@ -108,6 +115,10 @@ class _Spec:
         self.scales = (w1_scale, w2_scale, a1_scale, a2_scale)
         self.mode = self._mode(w1, w2)
         self.int_acc = quant_dtype == "int8_w8a8"
+        if self.mode in (_kernels.QUANT_PER_CHANNEL, _kernels.QUANT_BLOCK) and (a1_scale is not None or
+                                                                                 a2_scale is not None):
+            raise ValueError("a1_scale/a2_scale are static per-tensor scales; per-channel and block-wise modes "
+                             "quantize activations dynamically per token, so pass None")
 
     def _mode(self, w1, w2) -> int:
         qd = self.quant_dtype
@@ -149,18 +160,14 @@ class _Spec:
 
     @staticmethod
     def _expect(t, shape, name):
-        if t.numel() != int(torch.Size(shape).numel()):
+        # Engines also store per-channel and per-tensor scales with a trailing 1 ([E, rows, 1], [E, 1]).
+        if tuple(t.shape) not in (tuple(shape), tuple(shape) + (1,)):
             raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
 
-    @property
-    def config_dtype(self):
-        return self.quant_dtype
-
-    def activation_quant(self, x, scale, interpret):
-        """Quantize a GEMM's A operand as the mode wants (block: per row per group; per-channel: per row)."""
+    def activation_quant(self, x, interpret):
+        """Quantize a GEMM's A operand dynamically: per row and group (block), or per row (per-channel)."""
         group_k = self.block_shape[1] if self.mode == _kernels.QUANT_BLOCK else None
-        per_token = self.mode == _kernels.QUANT_PER_CHANNEL
-        return quantize_activations(x, self.quant_dtype, scale=scale, per_token=per_token, group_k=group_k,
+        return quantize_activations(x, self.quant_dtype, per_token=group_k is None, group_k=group_k,
                                     interpret=interpret)
 
 
@@ -210,10 +217,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
                  warmup=False):
     bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if up:
-        # The tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each.
-        if bn < 32:
-            raise ValueError(f"the up GEMM's BLOCK_SIZE_N must be >= 32 (gate and up halves), got {bn}")
-        bn //= 2
+        bn //= 2  # the tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each
     group_n = group_k = 1
     if spec.mode == _kernels.QUANT_BLOCK:
         group_n, group_k = spec.block_shape
@@ -251,7 +255,9 @@ class _Call:
         self.up_cfg, self.down_cfg = normalize_config(config)
         self.x, self.w1, self.w2 = hidden_states, w1, w2
         self.topk_weights = topk_weights if topk_weights.is_contiguous() else topk_weights.contiguous()
-        self.topk_ids, self.expert_map = topk_ids, expert_map
+        # The alignment and sum kernels index ids and the map as flat arrays.
+        self.topk_ids = topk_ids.contiguous()
+        self.expert_map = expert_map.contiguous() if expert_map is not None else None
         self.ws = _Workspace(self.spec, self.up_cfg["BLOCK_SIZE_M"], hidden_states.device)
         self.interpret = interpreted()
 
@@ -271,14 +277,17 @@ class _Call:
         if warmup:  # shapes only: the compile needs dtypes and strides, not values
             spec = self.spec
             q = torch.empty(x.shape, dtype=storage_dtype(spec.quant_dtype), device=x.device)
-            cols = 1 if spec.mode == _kernels.QUANT_PER_TENSOR else (
-                1 if spec.mode == _kernels.QUANT_PER_CHANNEL else triton.cdiv(x.shape[1], spec.block_shape[1]))
-            shape = (1,) if spec.mode == _kernels.QUANT_PER_TENSOR else (x.shape[0], cols)
+            if spec.mode == _kernels.QUANT_PER_TENSOR:
+                shape = (1,)
+            elif spec.mode == _kernels.QUANT_PER_CHANNEL:
+                shape = (x.shape[0], 1)
+            else:
+                shape = (x.shape[0], triton.cdiv(x.shape[1], spec.block_shape[1]))
             return q, torch.empty(shape, dtype=torch.float32, device=x.device)
         if self.spec.mode == _kernels.QUANT_PER_TENSOR:
             return quantize_per_tensor(x, self.spec.quant_dtype, scale=scale, amax=self.ws.amax_slot(slot),
                                        amax_ready=slot == 1, interpret=self.interpret)
-        return self.spec.activation_quant(x, scale, self.interpret)
+        return self.spec.activation_quant(x, self.interpret)
 
     def up(self, warmup=False):
         spec, ws = self.spec, self.ws
@@ -335,7 +344,8 @@ def make_runner(inputs, config, gemm: str = "both"):
     """A zero-argument callable over preallocated buffers: the whole op, or one GEMM ("up"/"down") only.
 
     For one GEMM, everything before it runs once here, so the callable replays just that kernel (and the
-    activation quantization it needs). Safe to capture in a CUDA graph.
+    activation quantization it needs). The workspace is allocated here; quantized modes still allocate their
+    activation copies per call, through torch's caching allocator, so the callable can be captured in a CUDA graph.
     """
     call = _Call(**inputs.kwargs(), config=config)
     if gemm == "both":
@@ -362,9 +372,9 @@ def compile_config(shape, M: int, config, gemm: str = "both", device=None) -> No
     from .testing import meta_inputs
 
     call = _Call(**meta_inputs(shape, M).kwargs(), config=config)
-    if gemm in ("both", "up"):
-        call.align(warmup=True)
-        call.up(warmup=True)
+    # make_runner runs the alignment and the up GEMM before a "down" runner too, so compile them for every scope.
+    call.align(warmup=True)
+    call.up(warmup=True)
     if gemm in ("both", "down"):
         call.down(warmup=True)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 
-# Hopper's per-block shared memory; the rule trims pipeline stages to fit smaller parts.
+#: Opt-in shared memory per block on Hopper (H100/H200): the limit when the device cannot be asked, and the one the
+#: interpreter prunes with, so pruning on a CPU behaves as on the GPU the results are meant for.
 HOPPER_SMEM_BYTES = 232448
 
 
-def smem_bytes(config: dict, a_bytes: int, b_bytes: int) -> int:
-    """Shared memory of the software pipeline: num_stages copies of the A and B tiles."""
+def smem_upper_bound(config: dict, a_bytes: int, b_bytes: int) -> int:
+    """num_stages full copies of the A and B tiles: more than any launch needs, so a default trimmed to fit it
+    never fails. (Pruning uses moekernel.fused_moe.smem_bytes, the tighter estimate, to keep every config that
+    may run.)"""
     bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
     return config["num_stages"] * (bm * bk * a_bytes + bk * bn * b_bytes)
 
@@ -43,7 +46,7 @@ def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None 
     limit = smem_limit or HOPPER_SMEM_BYTES
     a_bytes = 1 if one_byte else 2
     b_bytes = 1 if dtype in ("fp8_w8a8", "int8_w8a8", "int8_w8a16") else 2
-    while cfg["num_stages"] > 2 and smem_bytes(cfg, a_bytes, b_bytes) > limit:
+    while cfg["num_stages"] > 2 and smem_upper_bound(cfg, a_bytes, b_bytes) > limit:
         cfg["num_stages"] -= 1
     return cfg
 

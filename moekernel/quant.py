@@ -36,36 +36,35 @@ def _to_storage(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def quantize_activations(
     x: torch.Tensor,
-    quant_dtype: str | None,
+    quant_dtype: str,
     *,
-    scale: torch.Tensor | None = None,
     per_token: bool = False,
     group_k: int | None = None,
     interpret: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Quantize a [rows, cols] activation for a w8a8 GEMM; returns (q, scale). Other modes pass x through."""
-    if quant_dtype not in ("fp8_w8a8", "int8_w8a8"):
-        return x, None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic quantization of a [rows, cols] activation, one scale per row (``per_token``) or per row and group of
+    ``group_k`` columns; returns (q, scale [rows, groups]). Per-tensor scales: :func:`quantize_per_tensor`."""
+    if group_k is None and not per_token:
+        raise ValueError("quantize_activations needs per_token or group_k; use quantize_per_tensor for one scale")
     dtype = storage_dtype(quant_dtype)
-    if group_k is not None or per_token:
-        rows, cols = x.shape
-        group = group_k if group_k is not None else cols
-        n_groups = triton.cdiv(cols, group)
-        if interpret:
-            # The interpreter's float-to-fp8 conversion does not round to nearest; torch's does, like the GPU.
-            return _quantize_groups_torch(x, dtype, group, n_groups)
-        from ._kernels import _quant_groups
+    x = x.contiguous()  # the kernel steps along a row with unit stride
+    rows, cols = x.shape
+    group = group_k if group_k is not None else cols
+    n_groups = triton.cdiv(cols, group)
+    if interpret:
+        # The interpreter's float-to-fp8 conversion does not round to nearest; torch's does, like the GPU.
+        return _quantize_groups_torch(x, dtype, group, n_groups)
+    from ._kernels import _quant_groups
 
-        q = torch.empty((rows, cols), dtype=dtype, device=x.device)
-        s = torch.empty((rows, n_groups), dtype=torch.float32, device=x.device)
-        if rows:
-            _quant_groups[(rows, n_groups)](
-                x, q, s, cols, x.stride(0), q.stride(0), s.stride(0),
-                GROUP=group, BLOCK=triton.next_power_of_2(group), QMAX=qmax(dtype),
-                IS_INT=not dtype.is_floating_point,
-            )
-        return q, s
-    return quantize_per_tensor(x, quant_dtype, scale=scale, interpret=interpret)
+    q = torch.empty((rows, cols), dtype=dtype, device=x.device)
+    s = torch.empty((rows, n_groups), dtype=torch.float32, device=x.device)
+    if rows:
+        _quant_groups[(rows, n_groups)](
+            x, q, s, cols, x.stride(0), q.stride(0), s.stride(0),
+            GROUP=group, BLOCK=triton.next_power_of_2(group), QMAX=qmax(dtype),
+            IS_INT=not dtype.is_floating_point,
+        )
+    return q, s
 
 
 def quantize_per_tensor(x, quant_dtype, *, scale=None, amax=None, amax_ready=False, interpret=False):

@@ -45,7 +45,8 @@ def moe_align_block_size(
       num_tokens_post_padded [1] int32: the used length of sorted_token_ids.
     Sizes depend only on the input sizes and nothing waits on the host, so the call can be captured in a CUDA graph.
     ``num_experts`` is the local expert count; with ``expert_map`` ([E_global] int32, -1 for experts of other
-    ranks) entries of non-local experts are left out.
+    ranks) entries of non-local experts are left out, and so are ids outside 0..num_experts-1 (checking them on the
+    host would need a synchronisation).
     """
     if block_size < 1 or block_size & (block_size - 1):
         raise ValueError(f"block_size must be a power of two, got {block_size}")

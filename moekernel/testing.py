@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,6 @@ class MoEInputs:
     block_shape: tuple | None = None
     per_channel: bool = False
     expert_map: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     def kwargs(self) -> dict:
         """Keyword arguments of fused_experts / fused_experts_ref (everything but config)."""

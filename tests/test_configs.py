@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from moekernel import configs
-from moekernel.heuristics import PARAMS, default_config, smem_bytes, HOPPER_SMEM_BYTES
+from moekernel.heuristics import HOPPER_SMEM_BYTES, PARAMS, default_config, smem_upper_bound
 
 DATA = Path(__file__).parent.parent / "benchmarks" / "vllm-h100-configs"
 H100 = "NVIDIA_H100_80GB_HBM3"
@@ -16,12 +16,19 @@ H100 = "NVIDIA_H100_80GB_HBM3"
     ((8, 7168, None, None, H100), "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"),
     ((8, 7168, "fp8_w8a8", None, H100), "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json"),
     ((256, 256, "fp8_w8a8", [128, 128], "NVIDIA_H200"),
-     "E=256,N=256,device_name=NVIDIA_H200,dtype=fp8_w8a8,block_shape=[128, 128].json"),
+     "E=256,N=256,device_name=NVIDIA_H200,dtype=fp8_w8a8,block_shape=[128,128].json"),
     ((64, 1408, "int8_w8a16", None, "X"), "E=64,N=1408,device_name=X,dtype=int8_w8a16.json"),
     ((8, 7168, "bf16", None, H100), "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"),
 ])
 def test_file_names_match_the_engines(args, name):
     assert configs.config_file_name(*args) == name
+
+
+@pytest.mark.parametrize("raw,name", [("NVIDIA H200", "NVIDIA_H200"), ("NVIDIA H200 NVL", "NVIDIA_H200"),
+                                      ("NVIDIA GH200 480GB", "NVIDIA_GH200_480GB"),
+                                      ("NVIDIA H100 80GB HBM3", "NVIDIA_H100_80GB_HBM3")])
+def test_engine_device_names(raw, name):
+    assert configs.engine_device_name(raw) == name
 
 
 def test_down_twin_name():
@@ -99,6 +106,6 @@ def test_bad_file_is_named(tmp_path):
 def test_default_config_fits_hopper_and_block_quant(M, dtype, block):
     cfg = default_config(M, 8, 7168, 4096, 2, dtype, block)
     one = dtype in ("fp8_w8a8", "int8_w8a8")
-    assert smem_bytes(cfg, 1 if one else 2, 1 if dtype else 2) <= HOPPER_SMEM_BYTES
+    assert smem_upper_bound(cfg, 1 if one else 2, 1 if dtype else 2) <= HOPPER_SMEM_BYTES
     if block:
         assert block[1] % cfg["BLOCK_SIZE_K"] == 0

@@ -172,6 +172,34 @@ def test_bad_arguments_are_named(device):
         moekernel.fused_experts(**kwargs, config=SMALL, activation="relu")
 
 
+def test_non_contiguous_routing_tensors(device):
+    inputs = make_inputs(KernelShape(8, 32, 48, 2, "fp16"), 9, device=device)
+    ref = fused_experts_ref(**inputs.kwargs())
+    inputs.topk_ids = inputs.topk_ids.t().contiguous().t()  # same values, column-major
+    inputs.topk_weights = inputs.topk_weights.t().contiguous().t()
+    assert not inputs.topk_ids.is_contiguous()
+    out = moekernel.fused_experts(**inputs.kwargs(), config=SMALL)
+    assert relative_error(out, ref) < BOUND["fp16"]
+
+
+def test_scale_shapes_and_static_scales_are_checked(device):
+    inputs = make_inputs(KernelShape(4, 32, 64, 2, "fp8_w8a8", per_channel=True), 3, device=device)
+    kwargs = inputs.kwargs()
+    with pytest.raises(ValueError, match=r"w1_scale must have shape \[4, 64\]"):
+        moekernel.fused_experts(**dict(kwargs, w1_scale=inputs.w1_scale.reshape(64, 4)), config=SMALL)
+    # Engines store per-channel scales with a trailing 1: accepted.
+    out = moekernel.fused_experts(**dict(kwargs, w1_scale=inputs.w1_scale[..., None]), config=dict(SMALL, BLOCK_SIZE_K=64))
+    assert relative_error(out, fused_experts_ref(**kwargs)) < BOUND["fp8_w8a8"]
+    with pytest.raises(ValueError, match="static per-tensor scales"):
+        moekernel.fused_experts(**dict(kwargs, a1_scale=torch.ones(1, device=device)), config=SMALL)
+
+
+def test_up_gemm_needs_room_for_gate_and_up():
+    with pytest.raises(ValueError, match="up GEMM's BLOCK_SIZE_N must be >= 32"):
+        normalize_config(dict(SMALL, BLOCK_SIZE_N=16))
+    assert normalize_config({"up": SMALL, "down": dict(SMALL, BLOCK_SIZE_N=16)})[1]["BLOCK_SIZE_N"] == 16
+
+
 def test_block_quant_rejects_k_tile_wider_than_group(device):
     inputs = make_inputs(KernelShape(4, 32, 64, 2, "fp8_w8a8", block_shape=(32, 32)), 3, device=device)
     with pytest.raises(ValueError, match="must divide the quantization block"):

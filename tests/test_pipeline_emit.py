@@ -35,7 +35,7 @@ def test_rebuild_is_byte_identical(tmp_path, write_shard):
                           [(cfg(16, 128, 128), 3.0)])]
     first = emit.emit_from_shards(shards, tmp_path / "a")[0]
     second = emit.emit_from_shards(shards, tmp_path / "b")[0]
-    assert first.name == "E=256,N=256,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128, 128].json"
+    assert first.name == "E=256,N=256,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128,128].json"
     assert first.read_bytes() == second.read_bytes()
 
 

@@ -52,3 +52,13 @@ def test_align_leaves_out_non_local_experts(device):
 def test_align_rejects_bad_block_size(device):
     with pytest.raises(ValueError, match="power of two"):
         moekernel.moe_align_block_size(torch.zeros(2, 1, dtype=torch.int32, device=device), 24, 4)
+
+
+def test_align_leaves_out_ids_beyond_the_experts(device):
+    # An expert id >= E without an expert map (a mistake) must never write outside the buffers.
+    ids = torch.tensor([[0, 40], [1, 2], [3, 5]], dtype=torch.int32, device=device)
+    sorted_ids, expert_ids, num_post = moekernel.moe_align_block_size(ids, 16, 4)
+    total = int(num_post.item())
+    real = sorted_ids[:total][sorted_ids[:total] < ids.numel()].cpu()
+    assert sorted(real.tolist()) == [0, 2, 3, 4]
+    assert total == 4 * 16

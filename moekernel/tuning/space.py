@@ -11,12 +11,11 @@ import importlib
 import itertools
 import json
 import os
-import sys
 from collections.abc import Iterable, Mapping
 
+from ..heuristics import HOPPER_SMEM_BYTES, PARAMS
 from ..shapes import KernelShape
 
-PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 
 #: The space the engines' tuning scripts sweep: 5 * 4 * 3 * 4 * 2 * 4 = 1,920 configs.
 VLLM_SPACE: dict[str, list[int]] = {
@@ -28,9 +27,6 @@ VLLM_SPACE: dict[str, list[int]] = {
     "num_stages": [2, 3, 4, 5],
 }
 
-#: Opt-in shared memory per block on Hopper (H100/H200), used when the device cannot be asked (and by the
-#: interpreter, so pruning on CPU behaves as on the GPU the results are meant for).
-HOPPER_SMEM_BYTES = 232448
 
 
 def load_space(spec: str | Mapping[str, Iterable[int]] = "vllm") -> dict[str, list[int]]:
@@ -102,34 +98,10 @@ def device_smem_limit(backend: str, device=None) -> int:
     return int(getattr(props, "shared_memory_per_block_optin", 0) or HOPPER_SMEM_BYTES)
 
 
-def _operand_bytes(shape: KernelShape) -> tuple[int, int]:
-    """Bytes per element of the activation (A) and weight (B) tiles."""
-    if shape.dtype in ("fp8_w8a8", "int8_w8a8"):
-        return 1, 1
-    if shape.dtype == "int8_w8a16":
-        return 2, 1
-    return 2, 2
-
-
-def estimate_smem_bytes(shape: KernelShape, config: Mapping[str, int], gemm: str) -> int:
-    """Shared memory one program of a GEMM needs, for a kernel that does not say (``gemm`` is not used: as in the
-    engines' files, the up GEMM's BLOCK_SIZE_N counts the gate and up weight rows together, so its B tile has the
-    same footprint as the down GEMM's).
-
-    Pipelined loads keep ``num_stages - 1`` A and B tiles in flight, plus the output tile for the epilogue. On
-    vLLM's kernel over vLLM's space this model prunes 27.1% of configs at Hopper's limit, matching the 27% that
-    fail there with OutOfResources (the ``num_stages * ...`` form would prune 35%, i.e. configs that do run).
-    """
-    a, b = _operand_bytes(shape)
-    bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
-    return (config["num_stages"] - 1) * (bm * bk * a + bk * bn * b) + bm * bn * 2
-
-
 def smem_bytes(shape: KernelShape, config: Mapping[str, int], gemm: str) -> int:
-    """The kernel's own figure (``moekernel.fused_moe.smem_bytes``) if it has one, else the estimate."""
-    fn = getattr(sys.modules.get("moekernel.fused_moe") or importlib.import_module("moekernel.fused_moe"),
-                 "smem_bytes", None)
-    return int(fn(shape, dict(config), gemm)) if fn is not None else estimate_smem_bytes(shape, config, gemm)
+    """The kernel's own estimate of one launch's shared memory (``moekernel.fused_moe.smem_bytes``)."""
+    fused_moe = importlib.import_module("moekernel.fused_moe")  # the package attribute of that name is the function
+    return int(fused_moe.smem_bytes(shape, dict(config), gemm))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -220,13 +220,13 @@ class _Job:
                     groups.setdefault(group, []).append(cand)
         return groups
 
-    def _load_seeds(self, paths, survivors: set) -> set:
+    def _load_seeds(self, paths) -> set:
         seeds = set()
         for path in paths:
             seeds |= seeds_from_shard(path, self.shape, self.scopes)
         if not seeds and isinstance(self.strategy, Fast):
             seeds = heuristic_seeds(self.shape, self.M, self.space, self.scopes)
-        return seeds & survivors
+        return seeds
 
     @property
     def inputs(self):
@@ -243,8 +243,11 @@ class _Job:
         start = time.monotonic()
         groups = self._candidates()
         survivors = {c for members in groups.values() for c in members}
-        seeds = self._load_seeds(seed_from, survivors)
+        # Every seed centres the search, even one pruned itself (say, as a duplicate launch); only the surviving
+        # ones are kept through the strategy's rounds.
+        seeds = self._load_seeds(seed_from)
         explored, reason = self.strategy.explore(groups, seeds, self.space)
+        seeds &= survivors
         kept = {c for members in explored.values() for c in members}
         for cand in survivors - kept:
             self.rows[cand]["error"] = reason
@@ -345,14 +348,21 @@ class _Job:
                         "entry the launch uses, so compiling happens here, one config at a time",
                         config_str(dict(zip(PARAMS, cid))), gemm, t.first_call_s)
 
-    def _check_context(self, cand: Candidate) -> None:
+    def _context_error(self) -> Exception | None:
+        """The error a synchronisation raises if an earlier launch broke the CUDA context, else None."""
         if self.backend != "cuda":
-            return
+            return None
         import torch
 
         try:
             torch.cuda.synchronize()
         except Exception as exc:  # noqa: BLE001
+            return exc
+        return None
+
+    def _check_context(self, cand: Candidate) -> None:
+        exc = self._context_error()
+        if exc is not None:
             self.rows[cand]["error"] += " [CUDA context lost: rerun the job to resume]"
             raise ContextPoisoned(f"{config_str(dict(zip(PARAMS, cand[0])))} ({cand[1]}) broke the CUDA "
                                   f"context ({exc}); checkpoint saved, run the job again to resume") from exc
@@ -385,6 +395,11 @@ class _Job:
             out = moekernel.fused_experts(**self.inputs.kwargs(), config=config)
             err = reference.relative_error(out, self._ref)
         except Exception as exc:  # noqa: BLE001
+            lost = self._context_error()
+            if lost is not None:
+                # Not this config's fault alone, and nothing after it could run: resume in a fresh process.
+                raise ContextPoisoned(f"verifying {config} broke the CUDA context ({lost}); checkpoint saved, run "
+                                      "the job again to resume") from exc
             return False, f"verification run failed: {error_text(exc)}"
         return err <= bound, f"relative error {err:.3g} vs reference (bound {bound:g} for {self.shape.dtype})"
 
