@@ -1,7 +1,7 @@
 # moekernel tuning pipeline: tune every (kernel key, batch size) on its own GPU, gather all timings
 # into DuckDB, write engine config files, check them and plot how much they gain.
 #
-#   snakemake --snakefile <repo>/Snakefile --directory <dir> --configfile <f> --profile <repo>/profiles/default
+#   snakemake --snakefile <repo>/Snakefile --directory <dir> --configfile <f>   (profiles/default applies by itself)
 #
 # Results go under the working directory (--directory). See docs/PIPELINE.md.
 

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+from packaging.version import Version
 
 from moekernel import configs, database
 from moekernel.heuristics import PARAMS
@@ -59,7 +60,7 @@ def write_configs(winners: pd.DataFrame, out_dir, triton_version: str | None = N
     files = plan_files(winners)
     if triton_version is None and len(winners):
         # The version the timings were made with, not whatever is installed now: rebuilds stay identical.
-        triton_version = sorted(set(winners["triton_version"].dropna()))[-1]
+        triton_version = max(set(winners["triton_version"].dropna()), key=Version)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return sorted(configs.write_config_file(out_dir / name, entries, triton_version)

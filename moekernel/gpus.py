@@ -12,7 +12,7 @@ Snakemake run inside one ``salloc`` shares one, as on a workstation.
 
 CLI (the tune rule's launcher)::
 
-    python -m moekernel.gpus --pool results/.gpu-locks -- python -m moekernel.tune ...
+    python -m moekernel.gpus --pool /tmp/moekernel-gpu-locks -- python -m moekernel.tune ...
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import fcntl
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def visible_gpus() -> list[str]:
             break
         ids.append(part)
     return ids[:count]
+
+
+#: Where the lock pool lives unless MOEKERNEL_GPU_POOL says otherwise: one folder per machine.
+ENV_POOL = "MOEKERNEL_GPU_POOL"
+
+
+def default_pool() -> Path:
+    return Path(os.environ.get(ENV_POOL) or Path(tempfile.gettempdir()) / "moekernel-gpu-locks")
 
 
 def pool_dir(root: str | os.PathLike) -> Path:

@@ -492,6 +492,13 @@ def kernel_shape(
         E, N = num_experts, intermediate // tp_size
 
     kernel_dtype, block = _resolve_dtype(dtype, (moe_config, config, root), notes)
+    if block is not None and not expert_parallel and N % block[0]:
+        # Engines refuse a shard whose weight rows split a quantization block.
+        fits = [tp for tp in _divisors(intermediate) if (intermediate // tp) % block[0] == 0]
+        raise ValueError(
+            f"{model}: at tp={tp_size} each GPU holds N={N} rows of the expert, not a multiple of the fp8 block "
+            f"{block[0]}; tp sizes that work: {fits}"
+        )
     shape = ModelShape(
         model=model,
         tp_size=tp_size,

@@ -125,7 +125,7 @@ class Plan:
     def tune_args(self) -> str:
         """The tuner CLI options shared by every tune job (see docs/ARCHITECTURE.md)."""
         s = self.settings
-        args = ["--quiet", "--strategy", s["strategy"], "--space", s["space"], "--iters", str(s["iters"]),
+        args = ["--strategy", s["strategy"], "--space", s["space"], "--iters", str(s["iters"]),
                 "--routing", s["routing"], "--seed", str(s["seed"]), "--backend", s["backend"]]
         if s["split"]:
             args.append("--split")
@@ -221,6 +221,10 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
         from moekernel.tuning.tuner import kernel_hash as tuner_kernel_hash
 
         kernel_hash = tuner_kernel_hash()
+    baseline = config.get("baseline_configs")
+    if baseline is not None and not Path(baseline).is_dir():
+        raise ConfigError(f"config key 'baseline_configs': {baseline!r} is not a folder (a folder of engine config "
+                          "files, e.g. vLLM's fused_moe/configs, or null)")
     rows = resolve_shapes(config, kernel_shape)
     requested = unique_keys(rows)
     check_file_collisions(requested)  # in demo mode too: the config would fail on a GPU

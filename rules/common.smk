@@ -2,6 +2,7 @@
 # All logic lives in moekernel.pipeline / moekernel.gpus; this file only wires it into Snakemake.
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -42,7 +43,14 @@ if GPU_PER_JOB and VISIBLE_GPUS and "gpu" not in workflow.global_resources:
 TUNE_THREADS = CFG["tune_threads"]
 if TUNE_THREADS == "auto":
     TUNE_THREADS = max(1, (workflow.cores or 1) // max(1, len(VISIBLE_GPUS))) if GPU_PER_JOB else 1
-GPU_POOL = "results/.gpu-locks"
+# One lock pool per machine, shared by every run on it (runs in other --directory folders too), so two
+# runs never time on the same GPU.
+GPU_POOL = gpus.default_pool()
+# Jobs run with the Python that runs Snakemake (a bare `python` on PATH may be another one, or missing).
+PYTHON = shlex.quote(sys.executable)
+# Pins a tune job to one free GPU for its whole life (moekernel/gpus.py); nothing to pin in the interpreter.
+# Kept out of the rule's params: where the locks live must not make results look stale.
+TUNE_LAUNCHER = f"{PYTHON} -m moekernel.gpus --pool {shlex.quote(str(GPU_POOL))} --" if GPU_PER_JOB else ""
 
 ROUTING_FILE = pipeline.routing_file(PLAN.settings["routing"])
 

@@ -13,8 +13,6 @@ rule tune:
     params:
         args=PLAN.tune_args(),
         kernel_hash=PLAN.settings["kernel_hash"],
-        # Pins the job to one free GPU for its whole life (moekernel/gpus.py); nothing to pin in the interpreter.
-        launcher=f"python -m moekernel.gpus --pool {GPU_POOL} --" if GPU_PER_JOB else "",
     threads: TUNE_THREADS  # parallel compiles
     resources:
         gpu=GPU_PER_JOB,
@@ -25,7 +23,7 @@ rule tune:
         : > {log}
         for attempt in 1 2 3 4 5; do
             rc=0
-            {params.launcher} python -m moekernel.tune --key {wildcards.key} --batch-size {wildcards.bs} --out {output} --jobs {threads} {params.args} >> {log} 2>&1 || rc=$?
+            {TUNE_LAUNCHER} {PYTHON} -m moekernel.tune --key {wildcards.key} --batch-size {wildcards.bs} --out {output} --jobs {threads} --quiet {params.args} >> {log} 2>&1 || rc=$?
             [ $rc -eq 75 ] || exit $rc
         done
         exit 75

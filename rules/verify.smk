@@ -4,7 +4,9 @@
 
 rule verify:
     input:
-        configs="results/configs",
+        # ancient: select rewrites the whole folder when any key changes; this key's file changes only with its
+        # own shards, which are inputs below.
+        configs=ancient("results/configs"),
         # The key's shards say which device (so which file name) it was tuned for.
         shards=lambda w: [PLAN.shard(w.key, m) for m in PLAN.batch_sizes],
         routing=[ROUTING_FILE] if ROUTING_FILE else [],
@@ -20,7 +22,6 @@ rule verify:
         backend=PLAN.backend,
         baseline=CFG["baseline_configs"],
         kernel_hash=PLAN.settings["kernel_hash"],
-        gpu_pool=GPU_POOL,
     resources:
         gpu=GPU_PER_JOB,
     script:

@@ -11,7 +11,7 @@ if p.backend == "interpret":
 else:
     from moekernel import gpus
 
-    if gpus.pin_process(p.gpu_pool) is None:
+    if gpus.pin_process(gpus.default_pool()) is None:
         raise SystemExit("verify: no CUDA device visible to this job (backend: cuda needs one)")
 
 from moekernel import verify

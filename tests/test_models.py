@@ -402,3 +402,9 @@ def test_a_folder_named_like_a_catalog_model_does_not_shadow_it(tmp_path, monkey
     (tmp_path / "olmoe").mkdir()  # no config.json inside
     monkeypatch.chdir(tmp_path)
     assert kernel_shape("olmoe").key == EXPECTED_TP1["olmoe"]
+
+
+def test_block_quantized_shard_must_hold_whole_blocks():
+    assert models.kernel_shape("deepseek-v3", tp_size=16).N == 128
+    with pytest.raises(ValueError, match=r"N=64 rows .* fp8 block 128; tp sizes that work: \[1, 2, 4, 8, 16\]"):
+        models.kernel_shape("deepseek-v3", tp_size=32)
