@@ -149,14 +149,25 @@ class Plan:
 
 
 def _space_arg(space: Any) -> str:
-    """The --space argument: a name as is, a mapping or JSON file as canonical JSON (so its content is tracked)."""
-    if isinstance(space, dict):
-        return json.dumps(space, sort_keys=True, separators=(",", ":"))
-    if space.endswith(".json"):
+    """The --space argument: a name as is, a mapping or JSON file as canonical JSON (so its content is tracked).
+
+    Checked here with the tuner's own reader, so a bad space stops the run before any job starts."""
+    from moekernel.tuning.space import load_space
+
+    if isinstance(space, str) and space.endswith(".json"):
         path = Path(space)
         if not path.is_file():
             raise ConfigError(f"config key 'search.space': file {space!r} does not exist")
-        return _space_arg(json.loads(path.read_text()))
+        try:
+            space = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config key 'search.space': {space!r} is not valid JSON ({exc})") from None
+    try:
+        load_space(space)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'search.space': {exc}") from None
+    if isinstance(space, dict):
+        return json.dumps(space, sort_keys=True, separators=(",", ":"))
     return space
 
 
@@ -235,6 +246,7 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
         backend = "cuda" if cuda_available else "interpret"
 
     strategy, space, iters = config["search"]["strategy"], config["search"]["space"], config["timing"]["iters"]
+    space = _space_arg(space)  # checked in demo mode too: the config would fail on a GPU
     batch_sizes = list(config["batch_sizes"])
     if demo:
         d = config["demo"]
@@ -243,12 +255,12 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
         except ValueError as exc:
             raise ConfigError(f"config key 'demo.shape': {exc}") from exc
         rows = [shape_row(DEMO_MODEL, 1, False, shape.dtype, shape)]
-        strategy, space, iters, batch_sizes = "exhaustive", d["space"], d["iters"], list(d["batch_sizes"])
+        strategy, space, iters, batch_sizes = "exhaustive", _space_arg(d["space"]), d["iters"], list(d["batch_sizes"])
     keys = unique_keys(rows)
 
     settings = {
         "strategy": strategy,
-        "space": _space_arg(space),
+        "space": space,
         "iters": iters,
         "routing": config["routing"],
         "seed": config["seed"],

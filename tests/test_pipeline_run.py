@@ -216,6 +216,7 @@ def test_changed_settings_rerun_the_tune_jobs(tiny_run, change):
     ({"models": ["no-such-model"]}, ["model 'no-such-model'", "unknown model 'no-such-model'", "mixtral-8x7b"]),
     ({"models": ["mixtral-8x7b"], "tp_sizes": [3]}, ["tp=3", "tp sizes that work"]),
     ({"models": ["mixtral-8x7b"], "baseline_configs": "no/such/folder"}, ["config key 'baseline_configs'"]),
+    ({"models": ["mixtral-8x7b"], "search": {"space": {"BLOCK_M": [16]}}}, ["'search.space.BLOCK_M'"]),
 ])  # fmt: skip
 def test_bad_config_stops_with_a_clear_message(tmp_path, config, expected):
     result = snakemake(tmp_path, config, "-n")
@@ -226,6 +227,18 @@ def test_bad_config_stops_with_a_clear_message(tmp_path, config, expected):
     # moekernel, which would show a frame of one of its files.
     assert "WorkflowError" in result.stdout and 'rules/common.smk", line' in result.stdout
     assert f'File "{REPO / "moekernel"}' not in result.stdout
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"BLOCK_M": [16]}', "unknown search-space parameter(s) ['BLOCK_M']"),
+    ('{"BLOCK_SIZE_M": [16', "is not valid JSON"),
+])
+def test_bad_search_space_file_stops_before_any_job(tmp_path, text, expected):
+    space = tmp_path / "space.json"
+    space.write_text(text)
+    result = snakemake(tmp_path / "run", {"models": ["mixtral-8x7b"], "search": {"space": str(space)}}, "-n")
+    assert result.returncode != 0
+    assert "config key 'search.space'" in result.stdout and expected in result.stdout, result.stdout
 
 
 def test_keys_sharing_a_config_file_stop_naming_both(tmp_path):
