@@ -22,8 +22,7 @@ A benchmark, not a test::
    tuned files), ``folder:DIR`` / ``tuned:DIR`` for each ``--configs`` / ``--tuned`` folder (the file for
    this device, else another device's file of the same E, N, dtype and block shape, said so), and ``torch``
    (torch._grouped_mm where it runs, else a per-expert torch.matmul loop; quantized weights are dequantized
-   to bf16 for it). Every output is compared once with the default's; the default's with the float32
-   reference.
+   to bf16 for it). Every output is compared once with the float32 reference.
 
 Without CUDA the kernels run in Triton's CPU interpreter: the command still runs (tiny shapes only), but its
 times are interpreter times, the ceilings are skipped and fractions read n/a.
