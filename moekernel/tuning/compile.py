@@ -27,8 +27,6 @@ from ..shapes import KernelShape
 
 #: Error texts are cut to this many characters: a compile error can carry a whole IR dump.
 MAX_ERROR_CHARS = 4000
-#: A worker that dies (not an exception: a crash) breaks the pool; the remaining configs get this many new pools.
-POOL_RESTARTS = 2
 
 
 @dataclass(frozen=True)
@@ -114,26 +112,37 @@ def compile_configs(
 
 def _compile_in_pool(shape, M, items, jobs, device, fn, results, bar) -> None:
     context = multiprocessing.get_context("spawn")
-    for attempt in range(POOL_RESTARTS + 1):
+    # One parallel attempt, then one worker at a time; each of those attempts settles at least one item.
+    for attempt in range(len(items) + 1):
         todo = [i for i, r in enumerate(results) if r is None]
         if not todo:
             return
+        # A broken pool fails every pending future alike, hiding which config killed its worker; after the first
+        # break, one worker at a time, so the next break names its culprit and the rest still compile.
+        workers = min(jobs, len(todo)) if attempt == 0 else 1
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
         try:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context) as pool:
-                futures = {pool.submit(fn, shape, M, items[i][0], items[i][1], device): i for i in todo}
-                for future in as_completed(futures):
-                    i = futures[future]
-                    try:
-                        results[i] = future.result()
-                    except BrokenProcessPool:
-                        continue  # retried in a fresh pool below
-                    except Exception as exc:  # noqa: BLE001 - fn raised, or its result would not unpickle
-                        results[i] = CompileResult(classify_error(exc, "compile_error"), None, error_text(exc))
-                    bar.update()
+            futures = {pool.submit(fn, shape, M, items[i][0], items[i][1], device): i for i in todo}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    results[i] = future.result()
+                except BrokenProcessPool:
+                    if workers == 1:
+                        results[i] = CompileResult("compile_error", None,
+                                                   "compile worker process died (crash or out of memory)")
+                        bar.update()
+                        break  # this config killed the pool; the others go on in a fresh one
+                    continue  # retried in a fresh pool below
+                except Exception as exc:  # noqa: BLE001 - fn raised, or its result would not unpickle
+                    results[i] = CompileResult(classify_error(exc, "compile_error"), None, error_text(exc))
+                bar.update()
         except BrokenProcessPool:
             pass
+        finally:
+            # On an interrupt (SIGTERM from a cluster, ^C) do not wait for the queued compiles.
+            pool.shutdown(wait=True, cancel_futures=True)
     for i, r in enumerate(results):
         if r is None:
-            # Which config killed its worker is unknown: the pool fails every pending future alike.
             results[i] = CompileResult("compile_error", None, "compile worker process died (crash or out of memory)")
             bar.update()
