@@ -3,8 +3,9 @@
 #   ./install.sh        the package and the pipeline (Snakemake)
 #   ./install.sh test   the same, plus the test tools
 # torch: an installed torch is kept (GPU machines bring their CUDA build). Without one, a GPU machine gets PyPI's
-# default build and a CPU-only machine the CPU build of torch 2.13.0; the pin lives here, not in the package
-# metadata, so GPU users never have their torch replaced.
+# default build and a CPU-only machine torch 2.13.0, which this project's machines serve as a CPU build from their
+# local wheel cache (elsewhere, install a CPU torch first). The pin lives here, not in the package metadata, so GPU
+# users never have their torch replaced.
 set -euo pipefail
 cd "$(dirname "$0")"
 pip() { python3 -m pip install --disable-pip-version-check -q "$@"; }
