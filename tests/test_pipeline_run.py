@@ -23,14 +23,14 @@ TINY_SPACE = {"BLOCK_SIZE_M": [16], "BLOCK_SIZE_N": [32, 64], "BLOCK_SIZE_K": [6
 DOWNSTREAM = {"select", "verify", "database", "report", "all"}
 
 
-def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, config: dict, *args: str, snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
     """Run the workflow in ``workdir`` with ``config`` as its only config file; output and errors together."""
     workdir.mkdir(parents=True, exist_ok=True)
     configfile = workdir / f"config-{abs(hash(json.dumps(config, sort_keys=True)))}.yaml"
     configfile.write_text(yaml.safe_dump(config))
     # No GPU, whatever the machine: CUDA_VISIBLE_DEVICES="" hides them all. Models resolve offline.
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir),
            "--configfile", str(configfile), "--cores", "2", *args]
     return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
 
@@ -193,6 +193,7 @@ def test_new_model_runs_only_its_tune_jobs(tiny_run):
     workdir, config, models = tiny_run
     jobs = planned(workdir, {**config, "models": [*config["models"], tiny_model(models / "c", 8, 64)]})
     assert jobs["tune"] == {timing_file(KEY_C, 2)}
+    assert jobs["verify"] == {f"results/verify/{KEY_C}.parquet"}  # the other keys' files did not change
     assert set(jobs) - {"tune"} <= DOWNSTREAM
 
 
@@ -248,3 +249,35 @@ def test_keys_sharing_a_config_file_stop_naming_both(tmp_path):
     assert result.returncode != 0
     assert "E4-N64-K64-top2-fp16" in result.stdout and "E4-N64-K128-top2-fp16" in result.stdout
     assert "same engine config file" in result.stdout
+
+
+@pytest.mark.slow
+def test_kernel_source_edit_reruns_tuning_and_other_edits_do_not(tmp_path):
+    """In a copy of the checkout: editing the kernel re-tunes; editing the tuner or a rule's shell text does not."""
+    import shutil
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", "results", "logs", ".snakemake",
+                                                                    "__pycache__", ".whl", "*.egg-info"))
+    models = tmp_path / "models"
+    config = {"models": [tiny_model(models / "a", 4, 64)], "dtypes": ["fp16"], "batch_sizes": [2],
+              "backend": "interpret", "timing": {"iters": 1},
+              "search": {"strategy": "exhaustive", "space": {**TINY_SPACE, "BLOCK_SIZE_N": [32]}}}
+    workdir = tmp_path / "run"
+    run = lambda *args: snakemake(workdir, config, *args, snakefile=checkout / "Snakefile")  # noqa: E731
+    assert run().returncode == 0
+
+    def planned_tune() -> set[str]:
+        result = run("-n")
+        assert result.returncode == 0, result.stdout
+        return set(re.findall(r"output: (results/timings/\S+)", result.stdout))
+
+    def edit(relative: str) -> None:
+        with open(checkout / relative, "a") as f:
+            f.write("\n# an edit\n")
+
+    edit("moekernel/tuning/tuner.py")
+    edit("rules/tune.smk")
+    assert planned_tune() == set()
+    edit("moekernel/_kernels.py")
+    assert planned_tune() == {timing_file(KEY_A, 2)}
