@@ -39,7 +39,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import config_file_name, device_name as current_device_name, load_configs
+from .configs import config_file_name, device_name as current_device_name, load_configs, nearest_batch_size
 from .heuristics import default_config, engine_default_config
 from .shapes import DTYPES, KernelShape
 
@@ -253,7 +253,7 @@ class Source:
             return default_config(*args), None
         if self.name == "engine-default":
             return engine_default_config(*args), None
-        m = min(self.table, key=lambda b: (abs(b - M), b))
+        m = nearest_batch_size(self.table, M)
         return self.table[m], m
 
     def to_json(self) -> dict:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import triton
 
-QUANT_DTYPES = ("fp8_w8a8", "int8_w8a16", "int8_w8a8")
+from .shapes import QUANT_DTYPES  # noqa: F401 - re-exported: the quantized dtypes, named in one place
+
 FP8_DTYPE = torch.float8_e4m3fn
 
 
