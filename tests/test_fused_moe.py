@@ -1,8 +1,10 @@
 """fused_experts against the float32 reference, on the GPU or (without one) in the Triton interpreter.
 
-Bounds: the interpreter rounds float32 -> bfloat16 by truncation (the GPU rounds to nearest), which doubles the
-bf16 error there, so bf16 gets 2e-2 on the CPU; fp16 1e-2; quantized modes 3e-2 against a reference that uses the
-same quantized weights and quantizes activations the same way.
+Bounds: fp16 1e-2; bf16 1e-2 on the GPU; quantized modes (bf16 activations) 3e-2 on the GPU, against a reference
+that uses the same quantized weights and quantizes activations the same way. The interpreter rounds float32 ->
+bfloat16 by truncation (the GPU rounds to nearest), which doubles the error of every bf16 store there (the
+intermediate, whose fp8/int8 quantization then flips more often, and the output): bf16 gets 2e-2 and quantized
+modes 5e-2 on the CPU (seen up to 3.5e-2 over 60 seeds on tiny fp8 shapes).
 """
 
 import pytest
@@ -15,7 +17,9 @@ from moekernel.shapes import KernelShape
 from moekernel.testing import make_inputs
 
 SMALL = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1)
-BOUND = {"fp16": 1e-2, "bf16": 2e-2, "fp8_w8a8": 3e-2, "int8_w8a16": 3e-2, "int8_w8a8": 3e-2}
+_CPU = not torch.cuda.is_available()
+BOUND = {"fp16": 1e-2, "bf16": 2e-2 if _CPU else 1e-2,
+         **{q: 5e-2 if _CPU else 3e-2 for q in ("fp8_w8a8", "int8_w8a16", "int8_w8a8")}}
 
 
 def run_poisoned(inputs, config):
@@ -110,7 +114,8 @@ def test_expert_parallel_fp8_dynamic_scale_ignores_foreign_rows(device):
     shape = KernelShape(4, 32, 64, 2, "fp8_w8a8")
     inputs = make_inputs(shape, 10, device=device)
     inputs.expert_map = torch.tensor([0, -1, 1, -1, 2, 3], dtype=torch.int32, device=device)
-    inputs.topk_ids = torch.randint(0, 6, (10, 2), dtype=torch.int32, device=device)
+    gen = torch.Generator().manual_seed(7)
+    inputs.topk_ids = torch.randint(0, 6, (10, 2), dtype=torch.int32, generator=gen).to(device)
     out = run_poisoned(inputs, dict(SMALL, BLOCK_SIZE_K=64))
     assert relative_error(out, fused_experts_ref(**inputs.kwargs())) < BOUND["fp8_w8a8"]
 
