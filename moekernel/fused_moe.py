@@ -347,7 +347,8 @@ def make_runner(inputs, config, gemm: str = "both"):
     activation quantization it needs). The workspace is allocated here; quantized modes still allocate their
     activation copies per call, through torch's caching allocator, so the callable can be captured in a CUDA graph.
     """
-    call = _Call(**inputs.kwargs(), config=config)
+    kwargs = inputs.kwargs()
+    call = _Call(**kwargs, config=_scoped_config(config, gemm, kwargs))
     if gemm == "both":
         return call
     call.align()
@@ -357,6 +358,20 @@ def make_runner(inputs, config, gemm: str = "both"):
         call.up()
         return call.down
     raise ValueError(f"gemm must be 'both', 'up' or 'down', got {gemm!r}")
+
+
+def _scoped_config(config, gemm: str, kwargs: dict):
+    """The config a one-GEMM runner uses. A "down" candidate times only the down GEMM, but the up GEMM must run
+    first to fill the intermediate: it gets the default config at the candidate's BLOCK_SIZE_M (they share the
+    alignment), so a down candidate that would not suit the up GEMM is still measured."""
+    if gemm != "down" or (isinstance(config, dict) and "down" in config):
+        return config
+    from .heuristics import default_config
+
+    x, w2, ids = kwargs["hidden_states"], kwargs["w2"], kwargs["topk_ids"]
+    up = default_config(x.shape[0], w2.shape[0], w2.shape[2], x.shape[1], ids.shape[1], kwargs["quant_dtype"],
+                        kwargs["block_shape"])
+    return {"up": dict(up, BLOCK_SIZE_M=config["BLOCK_SIZE_M"]), "down": config}
 
 
 def compile_config(shape, M: int, config, gemm: str = "both", device=None) -> None:
@@ -371,7 +386,8 @@ def compile_config(shape, M: int, config, gemm: str = "both", device=None) -> No
         torch.cuda.set_device(device)
     from .testing import meta_inputs
 
-    call = _Call(**meta_inputs(shape, M).kwargs(), config=config)
+    kwargs = meta_inputs(shape, M).kwargs()
+    call = _Call(**kwargs, config=_scoped_config(config, gemm, kwargs))
     # make_runner runs the alignment and the up GEMM before a "down" runner too, so compile them for every scope.
     call.align(warmup=True)
     call.up(warmup=True)

@@ -199,6 +199,16 @@ def test_scale_shapes_and_static_scales_are_checked(device):
         moekernel.fused_experts(**dict(kwargs, a1_scale=torch.ones(1, device=device)), config=SMALL)
 
 
+def test_down_runner_measures_configs_the_up_gemm_could_not_use(device):
+    # BLOCK_SIZE_N=16 suits the down GEMM but not the up GEMM (gate and up halves); split tuning must time it.
+    inputs = make_inputs(KernelShape(4, 40, 72, 2, "fp16"), 11, device=device)
+    down = dict(SMALL, BLOCK_SIZE_N=16)
+    make_runner(inputs, down, gemm="down")()
+    make_runner(inputs, SMALL, gemm="up")()
+    with pytest.raises(ValueError, match="up GEMM's BLOCK_SIZE_N"):
+        make_runner(inputs, down, gemm="both")
+
+
 def test_up_gemm_needs_room_for_gate_and_up():
     with pytest.raises(ValueError, match="up GEMM's BLOCK_SIZE_N must be >= 32"):
         normalize_config(dict(SMALL, BLOCK_SIZE_N=16))
