@@ -34,6 +34,7 @@ import argparse
 import datetime
 import json
 import math
+import importlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -57,7 +58,6 @@ INTERPRETER_BANNER = (
     "# if --bandwidth/--peak were given). Run on a GPU for real numbers.\n"
     + "#" * 100
 )
-_REEXEC_FLAG = "_MOEKERNEL_BENCH_REEXEC"
 
 
 # ---- ceilings ------------------------------------------------------------------------------------------------
@@ -651,16 +651,6 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _reexec_for_interpreter() -> None:
-    """``python -m moekernel.bench`` imported the kernels before main ran; without CUDA they must be defined for
-    the interpreter, so start again with TRITON_INTERPRET=1."""
-    if os.environ.get(_REEXEC_FLAG):
-        raise RuntimeError("kernels still not in interpreter mode after setting TRITON_INTERPRET=1")
-    env = dict(os.environ, TRITON_INTERPRET="1", **{_REEXEC_FLAG: "1"})
-    sys.stdout.flush(), sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "moekernel.bench", *sys.argv[1:]], env)
-
-
 def _backend(reexec: bool) -> str:
     import torch
 
@@ -670,7 +660,7 @@ def _backend(reexec: bool) -> str:
     if wants_interpreter and kernels_mode() == "cuda":
         if not reexec:
             raise RuntimeError("no CUDA: set TRITON_INTERPRET=1 before importing moekernel to run the benchmark")
-        _reexec_for_interpreter()
+        importlib.import_module("moekernel.fused_moe").restart_in_interpreter("moekernel.bench")
     return resolve_backend("auto")
 
 

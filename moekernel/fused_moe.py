@@ -12,6 +12,7 @@ so a file tuned for vLLM's kernel puts the same tile footprint on this one.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -32,6 +33,24 @@ def interpreted() -> bool:
     the variable's value later says nothing about the kernels already defined.
     """
     return type(_kernels._fused_moe_gemm).__name__ == "InterpretedFunction"
+
+
+_RESTARTED = "_MOEKERNEL_INTERPRETER_RESTART"
+
+
+def restart_in_interpreter(module: str) -> None:
+    """Run ``python -m module`` again, with the same arguments, under TRITON_INTERPRET=1.
+
+    ``python -m moekernel.X`` imports the package, and so defines the kernels, before X's main can set the
+    variable; a command that finds no GPU starts over instead. Raises if the restart did not take.
+    """
+    import sys
+
+    if os.environ.get(_RESTARTED):
+        raise RuntimeError("kernels still not in interpreter mode after setting TRITON_INTERPRET=1")
+    env = dict(os.environ, TRITON_INTERPRET="1", **{_RESTARTED: "1"})
+    sys.stdout.flush(), sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
 @contextlib.contextmanager

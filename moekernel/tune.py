@@ -9,11 +9,10 @@ saved: run the same command again to resume), 2 for bad arguments, 1 for anythin
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
-
-_REEXEC_FLAG = "_MOEKERNEL_TUNE_REEXEC"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,16 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _reexec_for_interpreter() -> None:
-    """Triton decides interpreter or compiler when a kernel is defined, and ``python -m moekernel.tune`` imports
-    the package (and so the kernels) before this code runs; start again with TRITON_INTERPRET=1 set."""
-    if os.environ.get(_REEXEC_FLAG):
-        raise RuntimeError("kernels still not in interpreter mode after setting TRITON_INTERPRET=1")
-    env = dict(os.environ, TRITON_INTERPRET="1", **{_REEXEC_FLAG: "1"})
-    sys.stdout.flush(), sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "moekernel.tune", *sys.argv[1:]], env)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .shapes import KernelShape
@@ -71,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if wants_interpreter and kernels_mode() == "cuda":
         if argv is not None:  # called as a function: never replace the caller's process
             raise RuntimeError("set TRITON_INTERPRET=1 before importing moekernel to tune with the interpreter")
-        _reexec_for_interpreter()
+        importlib.import_module("moekernel.fused_moe").restart_in_interpreter("moekernel.tune")
     # A cancelled job (Snakemake, Slurm) gets SIGTERM: unwind, so the checkpoint is written on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
