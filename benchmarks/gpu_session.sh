@@ -1,40 +1,60 @@
 #!/usr/bin/env bash
 # One lease of a GPU machine: check, test and time everything in one call (see BENCHMARKS.md).
-#   bash benchmarks/gpu_session.sh STAGE...   with STAGE in env tests bench tune pipeline
-# Logs land in $OUT (or ./gpu-logs); the GPU machine has torch + triton but no snakemake/duckdb, which travel
-# as wheels in .whl/ (../shared/tools/gpu-wheels.sh) and are installed here first.
+#   bash benchmarks/gpu_session.sh STAGE...   (stages below; BATCHES (comma-separated), KEY, DIRS, STAGE_TIMEOUT)
+# Logs and shards are written to $WORK and packed into $OUT/session.tar after every stage (the device tool returns
+# at most 8 files, so one archive; a stage cut off by the call's limit still leaves the earlier ones). The GPU
+# machine has torch + triton but no snakemake/duckdb, which travel as wheels in .whl/
+# (../shared/tools/gpu-wheels.sh) and are installed here first.
 set -u
-OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
+OUT=${OUT:-gpu-logs}; WORK=${WORK:-/tmp/moekernel-gpu}; mkdir -p "$OUT" "$WORK"
+KEY=${KEY:-E8-N7168-K4096-top2-bf16}
+ALL_BATCHES=1,2,4,8,16,24,32,48,64,96,128,256,512,1024,1536,2048,3072,4096
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ -d .whl ] && ! python3 -c "import snakemake, duckdb" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site PATH=/tmp/site/bin:$PATH
 fi
 run() { local name=$1; shift; echo "=== $name: $*"; local t0=$SECONDS
-  timeout "${STAGE_TIMEOUT:-400}" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  tail -n "${TAIL:-25}" "$OUT/$name.log"; echo "=== $name rc=$rc in $((SECONDS - t0)) s"; }
+  timeout "${STAGE_TIMEOUT:-400}" "$@" > "$WORK/$name.log" 2>&1; local rc=$?
+  tail -n "${TAIL:-25}" "$WORK/$name.log"; echo "=== $name rc=$rc in $((SECONDS - t0)) s"
+  echo "$name rc=$rc wall_s=$((SECONDS - t0))" >> "$WORK/walls.txt"
+  tar -cf "$OUT/session.tar" -C "$WORK" . ; }
+# A fresh Triton cache, so a tuner's wall time includes compiling its candidates.
+cold() { TRITON_CACHE_DIR=$(mktemp -d) "$@"; }
+TUNE="python3 -m moekernel.tune --key $KEY --quiet"  # word-split on purpose: timeout runs programs, not functions
 for stage in "$@"; do
   case $stage in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
          python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" ;;
-    tests) run gpu-tests python3 -m pytest tests/test_fused_moe.py tests/test_routing.py tests/test_configs.py tests/test_tuning_timing.py tests/test_tuning_compile.py -q -x ;;
-    bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$OUT/bench-bf16.json" ;;
-    bench-fp8) run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$OUT/bench-fp8.json" ;;
-    tune-fast) for M in ${BATCHES:-1 64 1024}; do
-            run tune-fast-bs$M python3 -m moekernel.tune --key ${KEY:-E8-N7168-K4096-top2-bf16} --batch-size $M --strategy fast --out "$OUT/fast-bs$M.parquet"
+    # Every module that runs kernels or the tuner, with the real kernels (no TRITON_INTERPRET on a GPU machine).
+    tests) run gpu-tests python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py tests/test_routing.py \
+             tests/test_configs.py tests/test_bench.py tests/test_tuning_*.py ;;
+    bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-bf16.json" ;;
+    bench-fp8) run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-fp8.json" ;;
+    # fast and exhaustive at each of BATCHES, each from an empty Triton cache.
+    pairs) for M in $(echo "${BATCHES:-1,64,1024}" | tr , " "); do
+            cold run fast-bs$M $TUNE --batch-size $M --strategy fast --out "$WORK/fast/bs$M.parquet"
+            cold run exh-bs$M $TUNE --batch-size $M --strategy exhaustive --out "$WORK/exh/bs$M.parquet"
           done ;;
-    tune-exhaustive) for M in ${BATCHES:-1 64 1024}; do
-            run tune-exh-bs$M python3 -m moekernel.tune --key ${KEY:-E8-N7168-K4096-top2-bf16} --batch-size $M --strategy exhaustive --out "$OUT/exh-bs$M.parquet"
-          done ;;
+    # All 18 batch sizes, fast, one process and one (initially empty) Triton cache: the issue-3 goal run.
+    tune-all) cold run tune-all $TUNE --batch-size "${BATCHES:-$ALL_BATCHES}" --strategy fast --out "$WORK/all/bs{batch_size}.parquet" ;;
     compile) space='{"BLOCK_SIZE_M":[16,64],"BLOCK_SIZE_N":[64,128],"BLOCK_SIZE_K":[64,128],"GROUP_SIZE_M":[1],"num_warps":[4,8],"num_stages":[3,4]}'
           for jobs in 1 16; do
-            TRITON_CACHE_DIR=$(mktemp -d) run compile-jobs$jobs python3 -m moekernel.tune --key E8-N7168-K4096-top2-bf16 --batch-size 4096 --space "$space" --compile-only --jobs $jobs --out "$OUT/compile-jobs$jobs.parquet"
+            cold run compile-jobs$jobs $TUNE --batch-size 4096 --space "$space" --compile-only --jobs $jobs
           done ;;
-    sidebyside) run sidebyside python3 -m moekernel.bench --batch-sizes 1,64,1024 --configs benchmarks/vllm-h100-configs --tuned benchmarks/tuned-h200-fast --skip-torch --iters 50 --markdown --json "$OUT/sidebyside.json" ;;
+    # Engine files from the shards of DIRS (folders under $WORK, or carried ones), for the side-by-side stages.
+    emit) for d in ${DIRS:-fast exh all}; do
+            src=$d; [ -d "$src" ] || src=$WORK/$d
+            run emit-$(basename $d) python3 -c "import glob, sys; from moekernel.emit import emit_from_shards; print(emit_from_shards(sorted(glob.glob(sys.argv[1] + '/*.parquet')), sys.argv[2]))" "$src" "$WORK/configs-$(basename $d)"
+          done ;;
+    # Winners re-timed side by side in one process: vLLM's shipped configs, and every configs-* folder emit made.
+    sidebyside) tuned=(); for d in "$WORK"/configs-*; do tuned+=(--tuned "$d"); done
+          run sidebyside python3 -m moekernel.bench --batch-sizes "${BATCHES:-$ALL_BATCHES}" --configs benchmarks/vllm-h100-configs \
+            "${tuned[@]}" --skip-torch --iters 50 --markdown --json "$WORK/sidebyside.json" ;;
     pipeline) rm -rf /tmp/gpu-run
           run pipeline snakemake --snakefile "$PWD/Snakefile" --directory /tmp/gpu-run --configfile "$PWD/benchmarks/gpu-pipeline.yaml" --cores 16
           run pipeline-rerun snakemake --snakefile "$PWD/Snakefile" --directory /tmp/gpu-run --configfile "$PWD/benchmarks/gpu-pipeline.yaml" --cores 16 -n
-          (cd /tmp/gpu-run && tar czf "$OUT/gpu-run.tgz" results logs) ;;
+          (cd /tmp/gpu-run && tar czf "$WORK/gpu-run.tgz" results logs) ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done
