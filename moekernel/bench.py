@@ -40,11 +40,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import config_file_name, device_name as current_device_name, load_configs, nearest_batch_size
+from .configs import STANDARD_BATCH_SIZES, config_file_name, load_configs, nearest_batch_size
+from .configs import device_name as current_device_name
 from .heuristics import default_config, engine_default_config
 from .shapes import DTYPES, KernelShape
 
-STANDARD_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 DEFAULT_KEY = "E8-N7168-K4096-top2-bf16"  # Mixtral-8x7B at tp=2
 CALLS_PER_GRAPH = 10
 HIDDEN_BYTES = 2  # activations are bf16 or fp16 in every mode

@@ -18,6 +18,9 @@ SHIPPED_FOLDER = Path(__file__).parent / "configs_shipped"
 ENV_FOLDER = "MOEKERNEL_CONFIG_FOLDER"
 CPU_DEVICE = "cpu-interpreter"
 
+#: The batch sizes engine config files cover (those the engines' tuning scripts sweep).
+STANDARD_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
+
 
 def engine_device_name(raw: str) -> str:
     """A device as engines spell it in file names: spaces to '_', every H200 variant as NVIDIA_H200."""

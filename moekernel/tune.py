@@ -2,6 +2,10 @@
 
     python -m moekernel.tune --key E8-N7168-K4096-top2-bf16 --batch-size 64 --out results/timings/KEY/bs64.parquet
 
+Several batch sizes (``--batch-size 1,64,1024``, or ``standard`` for the 18 the engines' files cover) run one after
+the other in this process, one shard each (``--out`` with ``{batch_size}`` in it); a shard already written is kept
+and that batch size skipped, so the same command resumes an interrupted run.
+
 Exit status: 0 when the shard is written, 75 when a CUDA error broke the process's context (the checkpoint is
 saved: run the same command again to resume), 2 for bad arguments, 1 for anything else.
 """
@@ -13,14 +17,17 @@ import importlib
 import os
 import signal
 import sys
+import time
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m moekernel.tune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--key", required=True, help="kernel key, e.g. E8-N7168-K4096-top2-bf16")
-    p.add_argument("--batch-size", type=int, required=True, help="M, the tokens of one call")
-    p.add_argument("--out", help="the shard to write (.parquet); <out>.partial is its checkpoint")
+    p.add_argument("--batch-size", type=batch_sizes, required=True,
+                   help="M, the tokens of one call; several comma-separated, or 'standard' (the 18 sizes 1-4096)")
+    p.add_argument("--out", help="the shard to write (.parquet; with several batch sizes, a path holding "
+                   "{batch_size}); <out>.partial is its checkpoint")
     p.add_argument("--strategy", default="fast", help="exhaustive, fast, or fast:eta=4,radius=2,...")
     p.add_argument("--space", default="vllm", help="'vllm', or a JSON object / file of parameter -> values")
     p.add_argument("--split", action="store_true", help="tune the up and down GEMMs separately")
@@ -33,22 +40,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-from", nargs="+", action="extend", default=[], metavar="SHARD",
                    help="shards of the same key at other batch sizes whose best configs seed the fast strategy")
     p.add_argument("--compile-only", action="store_true",
-                   help="only fill Triton's cache with the candidates of this batch size (give the shape's largest: "
-                        "they include every smaller one's), so the shape's tune jobs compile nothing; no shard")
+                   help="only fill Triton's cache with the candidates of this batch size (of several, the largest; "
+                        "give the shape's largest: its candidates include every smaller one's), so the shape's tune "
+                        "jobs compile nothing; no shard")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the summary line is still printed)")
     return p
+
+
+def batch_sizes(text: str) -> list[int]:
+    """``64``, ``1,64,1024`` or ``standard``: the sorted batch sizes."""
+    from .configs import STANDARD_BATCH_SIZES
+
+    if text.strip() == "standard":
+        return list(STANDARD_BATCH_SIZES)
+    try:
+        sizes = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a batch size, comma-separated batch sizes (1,64,1024) or 'standard'") from None
+    if sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes are token counts, at least 1")
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .shapes import KernelShape
     from .tuning import get_strategy, load_space
-    from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, resolve_backend, tune
+    from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, resolve_backend, tune_batch_sizes
 
     try:  # fail fast, before a re-exec
         KernelShape.from_key(args.key), load_space(args.space), get_strategy(args.strategy)
         if args.out is None and not args.compile_only:
             raise ValueError("--out is required (unless --compile-only)")
+        if args.out is not None and len(args.batch_size) > 1 and "{batch_size}" not in args.out:
+            raise ValueError(f"{len(args.batch_size)} batch sizes write one shard each: --out needs "
+                             f"{{batch_size}} in it, e.g. results/bs{{batch_size}}.parquet (got {args.out})")
     except ValueError as exc:
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2
@@ -63,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module("moekernel.fused_moe").restart_in_interpreter("moekernel.tune")
     # A cancelled job (Snakemake, Slurm) gets SIGTERM: unwind, so the checkpoint is written on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    start = time.monotonic()
     try:
-        frame = tune(args.key, args.batch_size, out=args.out, strategy=args.strategy, space=args.space,
-                     split=args.split, iters=args.iters, routing=args.routing, seed=args.seed,
-                     backend=resolve_backend(args.backend), jobs=args.jobs, seed_from=args.seed_from,
-                     progress=not args.quiet)
+        frames = tune_batch_sizes(args.key, args.batch_size, out=args.out, strategy=args.strategy,
+                                  space=args.space, split=args.split, iters=args.iters, routing=args.routing,
+                                  seed=args.seed, backend=resolve_backend(args.backend), jobs=args.jobs,
+                                  seed_from=args.seed_from, progress=not args.quiet)
     except ContextPoisoned as exc:
         print(f"moekernel.tune: {exc}", file=sys.stderr)
         return EXIT_RESUME
@@ -75,17 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2
     if args.quiet:
-        print(frame.attrs["summary"], file=sys.stderr)
+        for frame in frames.values():
+            print(frame.attrs["summary"], file=sys.stderr)
+    if len(frames) > 1:
+        print(f"{args.key}: {len(frames)} batch sizes in {time.monotonic() - start:.1f} s", file=sys.stderr)
     return 0
 
 
 def _compile_only(args) -> int:
-    import time
-
     from .tuning import precompile
 
     start = time.monotonic()
-    frame = precompile(args.key, args.batch_size, space=args.space, split=args.split, backend=args.backend,
+    frame = precompile(args.key, max(args.batch_size), space=args.space, split=args.split, backend=args.backend,
                        jobs=args.jobs, progress=not args.quiet)
     counts = ", ".join(f"{n} {status}" for status, n in frame["status"].value_counts().items()) or "nothing to do"
     print(f"{args.key}: compiled {len(frame)} candidates ({counts}) in {time.monotonic() - start:.1f} s",

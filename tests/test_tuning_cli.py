@@ -62,3 +62,40 @@ def test_cli_in_process_compile_only_and_missing_out(capsys):
         assert "compiled 0 candidates (nothing to do)" in err  # the interpreter compiles nothing
     else:
         assert "compiled 2 candidates (2 ok)" in err
+
+
+def test_cli_tunes_several_batch_sizes_and_resumes_from_their_shards(tmp_path):
+    out = tmp_path / "bs{batch_size}.parquet"
+    args = ["--key", "E4-N64-K64-top2-fp16", "--batch-size", "8,2", "--out", str(out), "--space", json.dumps(SPACE),
+            "--strategy", "exhaustive", "--iters", "1", "--jobs", "1", "--quiet"]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    shards = {m: tmp_path / f"bs{m}.parquet" for m in (2, 8)}
+    assert sorted(tmp_path.iterdir()) == sorted(shards.values())
+    for m, path in shards.items():
+        assert set(pq.read_table(path).column("batch_size").to_pylist()) == {m}
+    lines = proc.stderr.strip().splitlines()
+    assert any(line.startswith("E4-N64-K64-top2-fp16 M=2:") for line in lines)
+    assert any(line.startswith("E4-N64-K64-top2-fp16 M=8:") for line in lines)
+    assert lines[-1].startswith("E4-N64-K64-top2-fp16: 2 batch sizes in")
+
+    # The same command again: the written shards are kept, and only a missing one is tuned.
+    kept = shards[8].read_bytes()
+    shards[2].unlink()
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "M=8: " in proc.stderr and "already written, not tuned again" in proc.stderr
+    assert shards[8].read_bytes() == kept and shards[2].is_file()
+
+
+def test_cli_batch_size_lists_need_a_shard_per_size(tmp_path):
+    from moekernel.configs import STANDARD_BATCH_SIZES
+    from moekernel.tune import batch_sizes
+
+    assert batch_sizes("standard") == list(STANDARD_BATCH_SIZES) and batch_sizes("64,1,64") == [1, 64]
+    proc = cli("--key", "E4-N64-K64-top2-fp16", "--batch-size", "1,64", "--out", str(tmp_path / "x.parquet"))
+    assert proc.returncode == 2 and "{batch_size}" in proc.stderr
+    for bad in ("0", "1,x"):
+        proc = cli("--key", "E4-N64-K64-top2-fp16", "--batch-size", bad, "--out", str(tmp_path / "x.parquet"))
+        assert proc.returncode == 2 and "--batch-size" in proc.stderr
+    assert not list(tmp_path.iterdir())

@@ -91,3 +91,25 @@ def test_precompile_fills_the_cache_for_the_tuner():
     frame = precompile(SHAPE, 32, space=space, split=True, backend="cuda", jobs=2, progress=False)
     assert len(frame) == 16 and set(frame["gemm"]) == {"up", "down"}
     assert (frame["status"] == "ok").all() and frame["compile_s"].gt(0).all()
+
+
+def worker_pid(shape, M, config, gemm, device=None):
+    """A compile that reports which process ran it (in the error field, which tests may use freely)."""
+    return comp.CompileResult("ok", 0.0, str(os.getpid()))
+
+
+def test_a_shared_pool_keeps_its_workers_and_replaces_them_after_a_crash():
+    items = [(_cfg(bn), gemm) for bn in (32, 48, 96) for gemm in ("up", "down")]
+    with comp.CompilePool(2) as pool:
+        first = comp.compile_configs(SHAPE, 8, items, fn=worker_pid, pool=pool)
+        second = comp.compile_configs(SHAPE, 8, items, fn=worker_pid, pool=pool)
+        workers = {r.error for r in first + second}
+        assert len(workers) <= 2 and str(os.getpid()) not in workers  # the same two workers served both calls
+
+        crashed = comp.compile_configs(SHAPE, 8, [(_cfg(512), "both"), *items[:2]], fn=pool_compile, pool=pool)
+        assert crashed[0].status == "compile_error" and "died" in crashed[0].error
+        assert [r.status for r in crashed[1:]] == ["ok", "ok"]
+
+        after = comp.compile_configs(SHAPE, 8, items, fn=worker_pid, pool=pool)
+        assert all(r.status == "ok" for r in after)
+        assert not {r.error for r in after} & workers  # fresh workers, not the broken pool's

@@ -6,7 +6,9 @@ on-disk cache; when the tuner then launches a config, Triton loads the binary in
 specialise on M, so one compile serves every batch size of a shape (and later jobs of the shape hit the cache:
 their ``compile_s`` is the cost of a cache hit, i.e. what compiling cost that job).
 
-Workers are spawned, not forked: the parent may hold a CUDA context, which a forked child cannot use.
+Workers are spawned, not forked: the parent may hold a CUDA context, which a forked child cannot use. Spawning
+16 workers that each import torch and triton takes seconds, so a :class:`CompilePool` starts them once, early (while
+the tuner prunes and builds its inputs), and keeps them for every compile of a job or of a run over batch sizes.
 """
 
 from __future__ import annotations
@@ -78,6 +80,46 @@ def compile_one(shape: KernelShape, M: int, config: dict, gemm: str, device=None
     return CompileResult("ok", time.perf_counter() - start)
 
 
+def _import_kernels() -> None:
+    """A worker's first task: the imports every compile needs, done while the parent is still busy elsewhere."""
+    importlib.import_module("moekernel.fused_moe")
+
+
+class CompilePool:
+    """Spawned compile workers that outlive one :func:`compile_configs` call.
+
+    Workers start (and import the kernels) as soon as the pool is made; a pool broken by a crashing worker is
+    replaced by a fresh one on its next use. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, jobs: int | None = None):
+        self.jobs = default_jobs() if jobs is None else int(jobs)
+        self._executor: ProcessPoolExecutor | None = None
+        self.executor()
+
+    def executor(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(max_workers=self.jobs,
+                                                 mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(self.jobs):  # each submit starts one more worker, until there are ``jobs``
+                self._executor.submit(_import_kernels)
+        return self._executor
+
+    def discard(self) -> None:
+        """Stop the workers now (queued compiles are cancelled); the next use starts fresh ones."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    close = discard
+
+    def __enter__(self) -> "CompilePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def compile_configs(
     shape: KernelShape,
     M: int,
@@ -87,30 +129,31 @@ def compile_configs(
     device=None,
     progress: bool = False,
     fn: Callable[..., CompileResult] = compile_one,
+    pool: CompilePool | None = None,
 ) -> list[CompileResult]:
     """Compile every ``(config, gemm)`` of ``items``; results in the same order.
 
-    ``jobs=1`` compiles in this process (the baseline of the parallel-compile benchmark); otherwise ``jobs``
-    spawned workers (default :func:`default_jobs`). ``fn`` is what each compile calls: a module-level function
-    with :func:`compile_one`'s signature (tests swap it).
+    ``jobs=1`` compiles in this process (the baseline of the parallel-compile benchmark); otherwise ``pool``'s
+    workers, or ``jobs`` spawned for this call (default :func:`default_jobs`). ``fn`` is what each compile calls: a
+    module-level function with :func:`compile_one`'s signature (tests swap it).
     """
-    jobs = default_jobs() if jobs is None else int(jobs)
+    jobs = (pool.jobs if pool is not None else default_jobs()) if jobs is None else int(jobs)
     results: list[CompileResult | None] = [None] * len(items)
     quiet = not progress or not items
     bar = tqdm(total=len(items), desc="compile", unit="cfg", file=sys.stderr, disable=quiet, leave=False)
     try:
-        if jobs <= 1 or len(items) <= 1:
+        if jobs <= 1 or (len(items) <= 1 and pool is None):
             for i, (config, gemm) in enumerate(items):
                 results[i] = fn(shape, M, config, gemm, device)
                 bar.update()
         else:
-            _compile_in_pool(shape, M, items, jobs, device, fn, results, bar)
+            _compile_in_pool(shape, M, items, jobs, device, fn, results, bar, pool)
     finally:
         bar.close()
     return results  # type: ignore[return-value]
 
 
-def _compile_in_pool(shape, M, items, jobs, device, fn, results, bar) -> None:
+def _compile_in_pool(shape, M, items, jobs, device, fn, results, bar, shared: CompilePool | None) -> None:
     context = multiprocessing.get_context("spawn")
     # One parallel attempt, then one worker at a time; each of those attempts settles at least one item.
     for attempt in range(len(items) + 1):
@@ -119,8 +162,10 @@ def _compile_in_pool(shape, M, items, jobs, device, fn, results, bar) -> None:
             return
         # A broken pool fails every pending future alike, hiding which config killed its worker; after the first
         # break, one worker at a time, so the next break names its culprit and the rest still compile.
-        workers = min(jobs, len(todo)) if attempt == 0 else 1
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        own = shared is None or attempt > 0
+        workers = 1 if attempt > 0 else min(jobs, len(todo)) if own else shared.jobs
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context) if own else shared.executor()
+        broken = False
         try:
             futures = {pool.submit(fn, shape, M, items[i][0], items[i][1], device): i for i in todo}
             for future in as_completed(futures):
@@ -128,6 +173,7 @@ def _compile_in_pool(shape, M, items, jobs, device, fn, results, bar) -> None:
                 try:
                     results[i] = future.result()
                 except BrokenProcessPool:
+                    broken = True
                     if workers == 1:
                         results[i] = CompileResult("compile_error", None,
                                                    "compile worker process died (crash or out of memory)")
@@ -138,10 +184,17 @@ def _compile_in_pool(shape, M, items, jobs, device, fn, results, bar) -> None:
                     results[i] = CompileResult(classify_error(exc, "compile_error"), None, error_text(exc))
                 bar.update()
         except BrokenProcessPool:
-            pass
-        finally:
+            broken = True
+        except BaseException:
             # On an interrupt (SIGTERM from a cluster, ^C) do not wait for the queued compiles.
-            pool.shutdown(wait=True, cancel_futures=True)
+            if not own:
+                shared.discard()
+            raise
+        finally:
+            if own:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if broken and not own:
+            shared.discard()  # its next user gets healthy workers
     for i, r in enumerate(results):
         if r is None:
             results[i] = CompileResult("compile_error", None, "compile worker process died (crash or out of memory)")

@@ -1,4 +1,5 @@
-"""Tuning one kernel shape at one batch size: prune, compile, time, verify the best, write the shard.
+"""Tuning one kernel shape at one batch size (or several, one after the other): prune, compile, time, verify the
+best, write the shard.
 
 Failures are data: a config that does not compile, runs out of resources, raises, or computes the wrong answer
 becomes a row with its status and message, and the job goes on. One failure the job cannot go on from is a CUDA
@@ -27,7 +28,7 @@ import pandas as pd
 from ..configs import CPU_DEVICE
 from ..shapes import KernelShape
 from . import shard as shard_io
-from .compile import classify_error, compile_configs, error_text
+from .compile import CompilePool, classify_error, compile_configs, error_text
 from .space import PARAMS, config_id, config_str, device_smem_limit, load_space, prune
 from .strategies import Candidate, Fast, describe, get_strategy
 from .timing import INTERPRET_MAX_ITERS, time_callable
@@ -131,13 +132,67 @@ def tune(
     of the same key at other batch sizes, whose best configs seed the fast strategy. The one-line summary is in
     ``df.attrs["summary"]`` (and printed to stderr when ``progress``).
     """
+    frames = tune_batch_sizes(shape, [batch_size], out=out, strategy=strategy, space=space, split=split,
+                              iters=iters, routing=routing, seed=seed, backend=backend, jobs=jobs,
+                              seed_from=seed_from, progress=progress, skip_existing=False)
+    return frames[int(batch_size)]
+
+
+def tune_batch_sizes(
+    shape: KernelShape | str,
+    batch_sizes: Iterable[int],
+    *,
+    out: str | os.PathLike | None = None,
+    strategy="fast",
+    space="vllm",
+    split: bool = False,
+    iters: int = 20,
+    routing: str = "uniform",
+    seed: int = 0,
+    backend: str = "auto",
+    jobs: int | None = None,
+    seed_from: Iterable[str | os.PathLike] = (),
+    progress: bool = True,
+    skip_existing: bool = True,
+) -> dict[int, pd.DataFrame]:
+    """:func:`tune` at each of ``batch_sizes`` in one process: the compile workers start once, and a candidate
+    compiled for one batch size is cached for the rest (kernels do not specialise on M). Each batch size is its own
+    job with its own shard, exactly as if tuned alone.
+
+    ``out``: a path with ``{batch_size}`` in it (optional for a single batch size). ``skip_existing``: a batch size
+    whose shard is already written is read back, not tuned again, so rerunning an interrupted run resumes it.
+    Returns {batch size: frame}.
+    """
     shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
-    if int(batch_size) < 1 or int(iters) < 1:
-        raise ValueError("batch_size and iters must be >= 1")
-    job = _Job(shape, int(batch_size), out=out, strategy=get_strategy(strategy), space=load_space(space),
-               split=split, iters=int(iters), routing=routing, seed=int(seed), backend=resolve_backend(backend),
-               jobs=jobs, progress=progress)
-    return job.run(seed_from)
+    sizes = sorted({int(m) for m in batch_sizes})
+    if not sizes or sizes[0] < 1 or int(iters) < 1:
+        raise ValueError("batch sizes and iters must be >= 1")
+    if out is not None and len(sizes) > 1 and "{batch_size}" not in str(out):
+        raise ValueError(f"tuning {len(sizes)} batch sizes writes one shard each: the output path needs "
+                         f"'{{batch_size}}' in it, e.g. results/bs{{batch_size}}.parquet (got {out})")
+    strategy, space, backend = get_strategy(strategy), load_space(space), resolve_backend(backend)
+    seed_from = list(seed_from)
+    frames: dict[int, pd.DataFrame] = {}
+    # Only real compiles need workers; with one job they compile in this process.
+    pool = CompilePool(jobs) if backend == "cuda" and (jobs is None or int(jobs) > 1) else None
+    try:
+        for M in sizes:
+            path = None if out is None else Path(str(out).replace("{batch_size}", str(M)))
+            if skip_existing and path is not None and path.is_file():
+                frames[M] = shard_io.to_frame(shard_io.read_shard(path))
+                frames[M].attrs["summary"] = (f"{shape.key} M={M}: {path} already written, not tuned again "
+                                              "(delete it to re-tune)")
+                if progress:
+                    print(frames[M].attrs["summary"], file=sys.stderr)
+                continue
+            job = _Job(shape, M, out=path, strategy=strategy, space=space, split=split, iters=int(iters),
+                       routing=routing, seed=int(seed), backend=backend, jobs=jobs, progress=progress, pool=pool)
+            frames[M] = job.run(seed_from)
+            del job  # free this batch size's inputs before the next one allocates its own
+    finally:
+        if pool is not None:
+            pool.close()
+    return frames
 
 
 def precompile(
@@ -174,7 +229,9 @@ def precompile(
 
 
 class _Job:
-    def __init__(self, shape, M, *, out, strategy, space, split, iters, routing, seed, backend, jobs, progress):
+    def __init__(self, shape, M, *, out, strategy, space, split, iters, routing, seed, backend, jobs, progress,
+                 pool=None):
+        self.pool = pool
         self.shape, self.M, self.space, self.iters, self.backend = shape, M, space, iters, backend
         self.strategy, self.routing, self.seed, self.jobs, self.progress = strategy, routing, seed, jobs, progress
         self.scopes = ("up", "down") if split else ("both",)
@@ -309,7 +366,7 @@ class _Job:
             return  # nothing to compile: compile_s stays null
         items = [(dict(zip(PARAMS, cid)), gemm) for cid, gemm in cands]
         results = compile_configs(self.shape, self.M, items, jobs=self.jobs, device=self.device,
-                                  progress=self.progress)
+                                  progress=self.progress, pool=self.pool)
         for cand, result in zip(cands, results):
             row = self.rows[cand]
             if row["compile_s"] is None:  # keep the first figure: a recompile after resume is a cache hit
