@@ -320,14 +320,18 @@ class _Call:
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
                      n_out=spec.K, k_in=spec.N, up=False, warmup=warmup)
 
-    def reduce(self):
+    def reduce(self, warmup=False):
         spec, ws = self.spec, self.ws
         if ws.direct or spec.M == 0:
             return
         block = min(1024, triton.next_power_of_2(spec.K))
-        _kernels._moe_sum[(spec.M, triton.cdiv(spec.K, block))](
-            ws.down_out, ws.out, self.topk_ids, self.expert_map, spec.K, ws.down_out.stride(0), ws.out.stride(0),
-            TOPK=spec.topk, HAS_MAP=spec.has_map, BLOCK=block)
+        grid = (spec.M, triton.cdiv(spec.K, block))
+        args = [ws.down_out, ws.out, self.topk_ids, self.expert_map, spec.K, ws.down_out.stride(0), ws.out.stride(0)]
+        meta = dict(TOPK=spec.topk, HAS_MAP=spec.has_map, BLOCK=block)
+        if warmup:
+            _kernels._moe_sum.warmup(*[x.dtype if isinstance(x, torch.Tensor) else x for x in args], grid=grid, **meta)
+            return
+        _kernels._moe_sum[grid](*args, **meta)
 
     def __call__(self) -> torch.Tensor:
         if self.spec.M == 0:
@@ -407,11 +411,15 @@ def compile_config(shape, M: int, config, gemm: str = "both", device=None) -> No
 
     kwargs = meta_inputs(shape, M).kwargs()
     call = _Call(**kwargs, config=_scoped_config(config, gemm, kwargs))
-    # make_runner runs the alignment and the up GEMM before a "down" runner too, so compile them for every scope.
+    # make_runner runs the alignment and the up GEMM before a "down" runner too, so compile them for every scope;
+    # the whole op ("both") ends with the top-k sum. (Quantized modes' activation-quantization kernels do not
+    # depend on the config: they compile at the first launch of a process.)
     call.align(warmup=True)
     call.up(warmup=True)
     if gemm in ("both", "down"):
         call.down(warmup=True)
+    if gemm == "both":
+        call.reduce(warmup=True)
 
 
 def smem_bytes(shape, config, gemm: str = "both") -> int:
