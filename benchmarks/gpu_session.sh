@@ -10,6 +10,7 @@ OUT=${OUT:-gpu-logs}; WORK=${WORK:-/tmp/moekernel-gpu}; mkdir -p "$OUT" "$WORK"
 KEY=${KEY:-E8-N7168-K4096-top2-bf16}
 ALL_BATCHES=1,2,4,8,16,24,32,48,64,96,128,256,512,1024,1536,2048,3072,4096
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+[ -d /tmp/site ] && export PYTHONPATH=$PYTHONPATH:/tmp/site PATH=/tmp/site/bin:$PATH  # installed by an earlier call
 if [ -d .whl ] && ! python3 -c "import snakemake, duckdb" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site PATH=/tmp/site/bin:$PATH
@@ -31,10 +32,11 @@ for stage in "$@"; do
              tests/test_configs.py tests/test_bench.py tests/test_tuning_*.py ;;
     bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-bf16.json" ;;
     bench-fp8) run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-fp8.json" ;;
-    # fast and exhaustive at each of BATCHES, each from an empty Triton cache.
-    pairs) for M in $(echo "${BATCHES:-1,64,1024}" | tr , " "); do
-            cold run fast-bs$M $TUNE --batch-size $M --strategy fast --out "$WORK/fast/bs$M.parquet"
-            cold run exh-bs$M $TUNE --batch-size $M --strategy exhaustive --out "$WORK/exh/bs$M.parquet"
+    # fast and exhaustive at each of BATCHES, each run from an empty Triton cache (pairs: both, M by M). A shard
+    # left as $WORK/exh/bsM.parquet.partial (copied there from an earlier lease) is resumed, not started over.
+    fast|exhaustive|pairs) for M in $(echo "${BATCHES:-1,64,1024}" | tr , " "); do
+            [ $stage = exhaustive ] || cold run fast-bs$M $TUNE --batch-size $M --strategy fast --out "$WORK/fast/bs$M.parquet"
+            [ $stage = fast ] || cold run exh-bs$M $TUNE --batch-size $M --strategy exhaustive --out "$WORK/exh/bs$M.parquet"
           done ;;
     # All 18 batch sizes, fast, one process and one (initially empty) Triton cache: the issue-3 goal run.
     tune-all) cold run tune-all $TUNE --batch-size "${BATCHES:-$ALL_BATCHES}" --strategy fast --out "$WORK/all/bs{batch_size}.parquet" ;;
