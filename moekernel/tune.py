@@ -67,15 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .shapes import KernelShape
     from .tuning import get_strategy, load_space
-    from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, resolve_backend, tune_batch_sizes
+    from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, resolve_backend, shard_paths, tune_batch_sizes
 
     try:  # fail fast, before a re-exec
         KernelShape.from_key(args.key), load_space(args.space), get_strategy(args.strategy)
         if args.out is None and not args.compile_only:
             raise ValueError("--out is required (unless --compile-only)")
-        if args.out is not None and len(args.batch_size) > 1 and "{batch_size}" not in args.out:
-            raise ValueError(f"{len(args.batch_size)} batch sizes write one shard each: --out needs "
-                             f"{{batch_size}} in it, e.g. results/bs{{batch_size}}.parquet (got {args.out})")
+        shard_paths(args.out, args.batch_size)
     except ValueError as exc:
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2

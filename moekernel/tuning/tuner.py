@@ -28,7 +28,7 @@ import pandas as pd
 from ..configs import CPU_DEVICE
 from ..shapes import KernelShape
 from . import shard as shard_io
-from .compile import CompilePool, classify_error, compile_configs, error_text
+from .compile import CompilePool, classify_error, compile_configs, default_jobs, error_text
 from .space import PARAMS, config_id, config_str, device_smem_limit, load_space, prune
 from .strategies import Candidate, Fast, describe, get_strategy
 from .timing import INTERPRET_MAX_ITERS, time_callable
@@ -164,20 +164,17 @@ def tune_batch_sizes(
     Returns {batch size: frame}.
     """
     shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
-    sizes = sorted({int(m) for m in batch_sizes})
-    if not sizes or sizes[0] < 1 or int(iters) < 1:
-        raise ValueError("batch sizes and iters must be >= 1")
-    if out is not None and len(sizes) > 1 and "{batch_size}" not in str(out):
-        raise ValueError(f"tuning {len(sizes)} batch sizes writes one shard each: the output path needs "
-                         f"'{{batch_size}}' in it, e.g. results/bs{{batch_size}}.parquet (got {out})")
+    if int(iters) < 1:
+        raise ValueError("iters must be >= 1")
+    paths = shard_paths(out, batch_sizes)
     strategy, space, backend = get_strategy(strategy), load_space(space), resolve_backend(backend)
     seed_from = list(seed_from)
     frames: dict[int, pd.DataFrame] = {}
     # Only real compiles need workers; with one job they compile in this process.
-    pool = CompilePool(jobs) if backend == "cuda" and (jobs is None or int(jobs) > 1) else None
+    workers = default_jobs() if jobs is None else int(jobs)
+    pool = CompilePool(workers) if backend == "cuda" and workers > 1 else None
     try:
-        for M in sizes:
-            path = None if out is None else Path(str(out).replace("{batch_size}", str(M)))
+        for M, path in paths.items():
             if skip_existing and path is not None and path.is_file():
                 frames[M] = shard_io.to_frame(shard_io.read_shard(path))
                 frames[M].attrs["summary"] = (f"{shape.key} M={M}: {path} already written, not tuned again "
@@ -193,6 +190,18 @@ def tune_batch_sizes(
         if pool is not None:
             pool.close()
     return frames
+
+
+def shard_paths(out: str | os.PathLike | None, batch_sizes: Iterable[int]) -> dict[int, Path | None]:
+    """{batch size: its shard path}, ascending; ``out`` holds ``{batch_size}``, required for more than one size."""
+    given = list(batch_sizes)
+    sizes = sorted({int(m) for m in given})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch sizes are token counts, at least 1; got {given}")
+    if out is not None and len(sizes) > 1 and "{batch_size}" not in str(out):
+        raise ValueError(f"{len(sizes)} batch sizes write one shard each: the output path needs {{batch_size}} in "
+                         f"it, e.g. results/bs{{batch_size}}.parquet (got {out})")
+    return {m: None if out is None else Path(str(out).replace("{batch_size}", str(m))) for m in sizes}
 
 
 def precompile(
