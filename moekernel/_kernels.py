@@ -163,6 +163,17 @@ def _fused_moe_gemm(
     tl.store(c_ptrs, c, mask=token_mask[:, None] & (offs_n[None, :] < N))
 
 
+@triton.jit
+def _local_expert(topk_ids_ptr, expert_map_ptr, offs, numel, num_experts, HAS_MAP: tl.constexpr):
+    """The local expert of each top-k entry at ``offs``, and whether it is one this rank computes (in range, and
+    mapped to this rank when there is an expert map)."""
+    valid = offs < numel
+    e = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
+    if HAS_MAP:
+        e = tl.load(expert_map_ptr + e, mask=valid, other=-1)
+    return e, valid & (e >= 0) & (e < num_experts)
+
+
 @triton.jit(do_not_specialize=["numel", "max_padded", "max_blocks"])
 def _moe_align(
     topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, cursor_ptr, amax_ptr,
@@ -188,14 +199,9 @@ def _moe_align(
 
     counts = tl.zeros((NUM_BINS,), dtype=tl.int32)
     for start in range(0, numel, CHUNK):
-        offs = start + chunk
-        valid = offs < numel
-        e = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
-        if HAS_MAP:
-            e = tl.load(expert_map_ptr + e, mask=valid, other=-1)
+        e, valid = _local_expert(topk_ids_ptr, expert_map_ptr, start + chunk, numel, num_experts, HAS_MAP)
         # Skipped entries (other ranks' experts, and ids out of range) land in bin num_experts, never placed.
-        e = tl.where(valid & (e >= 0) & (e < num_experts), e, num_experts)
-        counts += tl.histogram(e, NUM_BINS)
+        counts += tl.histogram(tl.where(valid, e, num_experts), NUM_BINS)
     counts = tl.where(bins < num_experts, counts, 0)
     padded = (counts + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M
     ends = tl.cumsum(padded, 0)
@@ -216,11 +222,7 @@ def _moe_align(
 
     for start in range(0, numel, CHUNK):
         offs = start + chunk
-        valid = offs < numel
-        e = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
-        if HAS_MAP:
-            e = tl.load(expert_map_ptr + e, mask=valid, other=-1)
-        valid = valid & (e >= 0) & (e < num_experts)
+        e, valid = _local_expert(topk_ids_ptr, expert_map_ptr, offs, numel, num_experts, HAS_MAP)
         slot = tl.atomic_add(cursor_ptr + e, 1, mask=valid)
         tl.store(sorted_ids_ptr + slot, offs, mask=valid)
 
