@@ -31,4 +31,4 @@ rule all:
     input:
         "results/tuning.duckdb",
         "results/configs",
-        REPORT_FILES,
+        rules.report.output,

@@ -77,8 +77,10 @@ def _read(path: Path) -> dict[int, dict]:
     return out
 
 
-def _search_folders(folders) -> list[Path]:
+def _search_folders(folders, fallback: bool = True) -> list[Path]:
     found = [Path(f) for f in (folders or [])]
+    if not fallback:
+        return found
     env = os.environ.get(ENV_FOLDER)
     if env:
         found += [Path(f) for f in env.split(os.pathsep) if f]
@@ -87,14 +89,15 @@ def _search_folders(folders) -> list[Path]:
 
 
 def load_configs(E: int, N: int, dtype: str | None = None, block_shape=None, device_name: str | None = None,
-                 folders=None) -> dict[int, dict] | None:
-    """The first matching file in ``folders``, then ``$MOEKERNEL_CONFIG_FOLDER``, then the shipped configs.
+                 folders=None, fallback: bool = True) -> dict[int, dict] | None:
+    """The first matching file in ``folders``, then ``$MOEKERNEL_CONFIG_FOLDER``, then the shipped configs
+    (``fallback=False``: ``folders`` only).
 
     Returns {batch size: config}; a config is ``{"up": .., "down": ..}`` where a ``_down.json`` twin exists.
     """
     name = config_file_name(E, N, dtype, block_shape, device_name)
     down_name = config_file_name(E, N, dtype, block_shape, device_name, gemm="down")
-    for folder in _search_folders(folders):
+    for folder in _search_folders(folders, fallback):
         path = folder / name
         if path.is_file():
             configs = _read(path)

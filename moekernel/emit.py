@@ -55,12 +55,11 @@ def plan_files(winners: pd.DataFrame) -> dict[str, dict[int, dict]]:
     return files
 
 
-def write_configs(winners: pd.DataFrame, out_dir, triton_version: str | None = None) -> list[Path]:
+def write_configs(winners: pd.DataFrame, out_dir) -> list[Path]:
     """Write every file of :func:`plan_files` into ``out_dir``; returns the paths, sorted."""
     files = plan_files(winners)
-    if triton_version is None and len(winners):
-        # The version the timings were made with, not whatever is installed now: rebuilds stay identical.
-        triton_version = max(set(winners["triton_version"].dropna()), key=Version)
+    # The version the timings were made with, not whatever is installed now: rebuilds stay identical.
+    triton_version = max(set(winners["triton_version"].dropna()), key=Version) if len(winners) else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return sorted(configs.write_config_file(out_dir / name, entries, triton_version)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jsonschema
 import yaml
 
+from moekernel.configs import config_file_name
 from moekernel.shapes import KernelShape
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "config.schema.yaml"
@@ -107,7 +108,6 @@ def load_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
 
 @dataclass
 class Plan:
-    backend: str                      # resolved: cuda | interpret
     demo: bool                        # no CUDA device: a tiny demo shape replaces the models
     shapes: list[dict]                # rows of the `shapes` table
     keys: list[str]                   # unique kernel keys, in config order
@@ -115,6 +115,11 @@ class Plan:
     settings: dict                    # everything a tune job's result depends on, besides key and M
     config: dict                      # the validated config, defaults filled in
     requested_keys: list[str] = field(default_factory=list)  # what a GPU would tune (shown in demo mode)
+
+    @property
+    def backend(self) -> str:
+        """Resolved: cuda | interpret."""
+        return self.settings["backend"]
 
     def shard(self, key: str, batch_size: int) -> str:
         return f"results/timings/{key}/bs{batch_size}.parquet"
@@ -208,10 +213,10 @@ def check_file_collisions(keys: list[str]) -> None:
 
     Checked before any tuning so hours are not spent on configs that could not both be written.
     """
-    seen: dict[tuple, str] = {}
+    seen: dict[str, str] = {}
     for key in keys:
         s = KernelShape.from_key(key)
-        name = (s.E, s.N, s.config_dtype, s.block_shape)
+        name = config_file_name(s.E, s.N, s.config_dtype, s.block_shape, device_name="any")
         if name in seen:
             raise ConfigError(
                 f"kernel keys {seen[name]} and {key} would be written to the same engine config file "
@@ -268,5 +273,5 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
         "backend": backend,
         "kernel_hash": kernel_hash,
     }
-    return Plan(backend=backend, demo=demo, shapes=rows, keys=keys, batch_sizes=sorted(batch_sizes),
+    return Plan(demo=demo, shapes=rows, keys=keys, batch_sizes=sorted(batch_sizes),
                 settings=settings, config=config, requested_keys=requested)

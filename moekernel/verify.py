@@ -47,11 +47,10 @@ def load_file_configs(shape: KernelShape, folder, device_name: str) -> dict[int,
     """The configs of ``shape`` in ``folder`` exactly (no fallback to shipped files), or None."""
     from moekernel import configs
 
-    name = configs.config_file_name(shape.E, shape.N, shape.config_dtype, shape.block_shape, device_name)
-    if folder is None or not (Path(folder) / name).is_file():
+    if folder is None:
         return None
     return configs.load_configs(shape.E, shape.N, shape.config_dtype, shape.block_shape, device_name,
-                                folders=[Path(folder)])
+                                folders=[Path(folder)], fallback=False)
 
 
 def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *, routing: str = "uniform",
@@ -62,7 +61,7 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
     baseline folder is looked up under the same name.
     """
     from moekernel import configs, testing
-    from moekernel.fused_moe import fused_experts, make_runner
+    from moekernel.fused_moe import make_runner
     from moekernel.reference import fused_experts_ref, relative_error
     from moekernel.tuning.timing import time_callable
     # The tuner's own bound and graph size: a winner it accepted passes here, and times compare with the shards'.
@@ -94,9 +93,9 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
             row = {**base, "batch_size": M, "source": source, "config": json.dumps(config, sort_keys=True),
                    "config_batch_size": config_m}
             try:
-                err = relative_error(fused_experts(**inputs.kwargs(), config=config), ref)
-                timing = time_callable(make_runner(inputs, config), iters=iters, calls_per_graph=CALLS_PER_GRAPH,
-                                       backend=backend)
+                runner = make_runner(inputs, config)
+                err = relative_error(runner(), ref)
+                timing = time_callable(runner, iters=iters, calls_per_graph=CALLS_PER_GRAPH, backend=backend)
                 row.update(time_us=timing.median_us, rel_error=err, ok=err <= bound,
                            note=INTERPRETER_NOTE if backend == "interpret" else None)
                 if err > bound:

@@ -12,6 +12,6 @@ rule database:
         "logs/database.log",
     params:
         shapes=PLAN.shapes,
-        meta={"backend": PLAN.backend, "demo": PLAN.demo, **PLAN.settings},
+        meta={"demo": PLAN.demo, **PLAN.settings},
     script:
         "../scripts/database.py"

@@ -1,8 +1,5 @@
 # Plots and the comparison table, also shown by `snakemake --report report.html`.
 
-REPORT_FILES = [f"results/report/{name}" for name in ("speedup.png", "roofline.png", "comparisons.csv")]
-
-
 rule report:
     input:
         "results/tuning.duckdb",

@@ -7,7 +7,7 @@ rule tune:
     input:
         [ROUTING_FILE] if ROUTING_FILE else [],
     output:
-        "results/timings/{key}/bs{bs}.parquet",
+        PLAN.shard("{key}", "{bs}"),
     log:
         "logs/tune/{key}/bs{bs}.log",
     params:

@@ -20,6 +20,5 @@ logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(lev
 device = verify.tuned_device(list(snakemake.input.shards))
 rows = verify.verify_key(snakemake.wildcards.key, list(p.batch_sizes), snakemake.input.configs, device,
                          routing=p.routing, seed=p.seed, iters=p.iters, baseline_dir=p.baseline, backend=p.backend)
-Path(snakemake.output[0]).parent.mkdir(parents=True, exist_ok=True)
 rows.to_parquet(snakemake.output[0], index=False)
 logging.info("%d rows, %d not ok", len(rows), int((~rows["ok"]).sum()))
