@@ -21,7 +21,7 @@ from . import _kernels
 from .configs import get_config
 from .heuristics import PARAMS
 from .quant import QUANT_DTYPES, FP8_DTYPE, quantize_activations, quantize_per_tensor, storage_dtype
-from .routing import align_bins, fused_topk, launch_align, max_padded_tokens
+from .routing import align_buffers, fused_topk, launch_align
 
 _OVERRIDES: list = []
 
@@ -186,8 +186,7 @@ class _Spec:
     def activation_quant(self, x, interpret):
         """Quantize a GEMM's A operand dynamically: per row and group (block), or per row (per-channel)."""
         group_k = self.block_shape[1] if self.mode == _kernels.QUANT_BLOCK else None
-        return quantize_activations(x, self.quant_dtype, per_token=group_k is None, group_k=group_k,
-                                    interpret=interpret)
+        return quantize_activations(x, self.quant_dtype, group_k=group_k, interpret=interpret)
 
 
 _AMAX_STRIDE = 4  # float32 slots: 16 bytes
@@ -198,12 +197,7 @@ class _Workspace:
 
     def __init__(self, spec: _Spec, block_m: int, device):
         numel = spec.M * spec.topk
-        max_padded = max_padded_tokens(numel, spec.E, block_m)
-        i32 = dict(dtype=torch.int32, device=device)
-        self.sorted_ids = torch.empty(max_padded, **i32)
-        self.expert_ids = torch.empty(triton.cdiv(max_padded, block_m), **i32)
-        self.num_post = torch.empty(1, **i32)
-        self.cursor = torch.empty(align_bins(spec.E), **i32)
+        self.sorted_ids, self.expert_ids, self.num_post, self.cursor = align_buffers(numel, spec.E, block_m, device)
         self.inter = torch.empty((numel, spec.N), dtype=spec.dtype, device=device)
         # Running maxima for dynamic per-tensor scales: slot 0 of x, slot 1 of the intermediate (gathered by the up
         # GEMM over the rows it writes, so rows of non-local experts never count). Zeroed by the align kernel.
@@ -232,8 +226,8 @@ def _scale_strides(mode, a_scale, b_scale):
     return a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), b_scale.stride(2)
 
 
-def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, out_amax=False,
-                 warmup=False):
+def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, interpret,
+                 out_amax=False, warmup=False):
     bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if up:
         bn //= 2  # the tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each
@@ -251,7 +245,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
     meta = dict(
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
-        QUANT=spec.mode, GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpreted(),
+        QUANT=spec.mode, GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:
@@ -293,32 +287,26 @@ class _Call:
     def _quantized(self, x, scale, warmup, slot):
         if self.spec.mode in (_kernels.QUANT_NONE, _kernels.QUANT_WEIGHT_ONLY):
             return x, None
-        if warmup:  # shapes only: the compile needs dtypes and strides, not values
-            spec = self.spec
-            q = torch.empty(x.shape, dtype=storage_dtype(spec.quant_dtype), device=x.device)
-            if spec.mode == _kernels.QUANT_PER_TENSOR:
-                shape = (1,)
-            elif spec.mode == _kernels.QUANT_PER_CHANNEL:
-                shape = (x.shape[0], 1)
-            else:
-                shape = (x.shape[0], triton.cdiv(x.shape[1], spec.block_shape[1]))
-            return q, torch.empty(shape, dtype=torch.float32, device=x.device)
+        # For a warmup (shape-only 'meta' tensors) the torch path gives the dtypes, shapes and strides the
+        # compile needs without launching anything.
+        torch_path = self.interpret or warmup
         if self.spec.mode == _kernels.QUANT_PER_TENSOR:
             return quantize_per_tensor(x, self.spec.quant_dtype, scale=scale, amax=self.ws.amax_slot(slot),
-                                       amax_ready=slot == 1, interpret=self.interpret)
-        return self.spec.activation_quant(x, self.interpret)
+                                       amax_ready=slot == 1, interpret=torch_path)
+        return self.spec.activation_quant(x, torch_path)
 
     def up(self, warmup=False):
         spec, ws = self.spec, self.ws
         a, a_scale = self._quantized(self.x, spec.scales[2], warmup, slot=0)
         _launch_gemm(spec, ws, self.up_cfg, a, self.w1, ws.inter, a_scale, spec.scales[0], self.topk_weights,
-                     n_out=spec.N, k_in=spec.K, up=True, out_amax=self._dynamic_a2, warmup=warmup)
+                     n_out=spec.N, k_in=spec.K, up=True, interpret=self.interpret, out_amax=self._dynamic_a2,
+                     warmup=warmup)
 
     def down(self, warmup=False):
         spec, ws = self.spec, self.ws
         a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup, slot=1 if self._dynamic_a2 else 0)
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
-                     n_out=spec.K, k_in=spec.N, up=False, warmup=warmup)
+                     n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, warmup=warmup)
 
     def reduce(self, warmup=False):
         spec, ws = self.spec, self.ws

@@ -23,7 +23,7 @@ def smem_upper_bound(config: dict, a_bytes: int, b_bytes: int) -> int:
 
 
 def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None = None,
-                   block_shape=None, smem_limit: int | None = None) -> dict:
+                   block_shape=None) -> dict:
     """Our default for (M, shape): see the module docstring."""
     tokens_per_expert = M * topk / max(E, 1)
     one_byte = dtype in ("fp8_w8a8", "int8_w8a8")
@@ -43,10 +43,9 @@ def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None 
     # Never wider or deeper than the problem needs (N is the expert's intermediate size, w1 has 2N rows).
     cfg["BLOCK_SIZE_K"] = max(16, min(cfg["BLOCK_SIZE_K"], _pow2_at_least(min(K, N))))
     cfg["BLOCK_SIZE_N"] = max(32, min(cfg["BLOCK_SIZE_N"], _pow2_at_least(min(2 * N, K))))
-    limit = smem_limit or HOPPER_SMEM_BYTES
     a_bytes = 1 if one_byte else 2
     b_bytes = 1 if dtype in ("fp8_w8a8", "int8_w8a8", "int8_w8a16") else 2
-    while cfg["num_stages"] > 2 and smem_upper_bound(cfg, a_bytes, b_bytes) > limit:
+    while cfg["num_stages"] > 2 and smem_upper_bound(cfg, a_bytes, b_bytes) > HOPPER_SMEM_BYTES:
         cfg["num_stages"] -= 1
     return cfg
 

@@ -39,14 +39,11 @@ def quantize_activations(
     x: torch.Tensor,
     quant_dtype: str,
     *,
-    per_token: bool = False,
     group_k: int | None = None,
     interpret: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic quantization of a [rows, cols] activation, one scale per row (``per_token``) or per row and group of
-    ``group_k`` columns; returns (q, scale [rows, groups]). Per-tensor scales: :func:`quantize_per_tensor`."""
-    if group_k is None and not per_token:
-        raise ValueError("quantize_activations needs per_token or group_k; use quantize_per_tensor for one scale")
+    """Dynamic quantization of a [rows, cols] activation, one scale per row and group of ``group_k`` columns (None:
+    one scale per row); returns (q, scale [rows, groups]). Per-tensor scales: :func:`quantize_per_tensor`."""
     dtype = storage_dtype(quant_dtype)
     x = x.contiguous()  # the kernel steps along a row with unit stride
     rows, cols = x.shape

@@ -10,15 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .quant import dequantize_weights, qmax, storage_dtype
+from .quant import _to_storage, dequantize_weights, qmax, storage_dtype
 
 
 def _round_to_storage(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    limit = qmax(dtype)
-    y = y.clamp(-limit, limit)
-    if not dtype.is_floating_point:
-        y = torch.sign(y) * torch.floor(y.abs() + 0.5)
-    return y.to(dtype).float()
+    return _to_storage(y, dtype).float()
 
 
 def _fake_quant(t: torch.Tensor, quant_dtype, scale, block_shape, per_channel) -> torch.Tensor:
@@ -59,10 +55,10 @@ def fused_experts_ref(hidden_states, w1, w2, topk_weights, topk_ids, *, config=N
     local = expert_map.long()[ids] if expert_map is not None else ids
     weights = topk_weights.float().flatten()
 
+    rows_of = [(local == e).nonzero().flatten() for e in range(E)]  # each expert's (token, k) entries
     xa = _fake_quant(hidden_states.float(), quant_dtype, a1_scale, block_shape, per_channel)
     inter = torch.zeros((M * topk, N), dtype=torch.float32, device=hidden_states.device)
-    for e in range(E):
-        rows = (local == e).nonzero().flatten()
+    for e, rows in enumerate(rows_of):
         if rows.numel():
             h = xa[rows // topk] @ W1[e].T
             inter[rows] = F.silu(h[:, :N]) * h[:, N:]
@@ -70,8 +66,7 @@ def fused_experts_ref(hidden_states, w1, w2, topk_weights, topk_ids, *, config=N
     inter = inter.to(hidden_states.dtype).float()
     ia = _fake_quant(inter, quant_dtype, a2_scale, block_shape, per_channel)
     out = torch.zeros((M * topk, K), dtype=torch.float32, device=hidden_states.device)
-    for e in range(E):
-        rows = (local == e).nonzero().flatten()
+    for e, rows in enumerate(rows_of):
         if rows.numel():
             out[rows] = (ia[rows] @ W2[e].T) * weights[rows, None]
     return out.view(M, topk, K).sum(dim=1)

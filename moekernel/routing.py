@@ -52,15 +52,19 @@ def moe_align_block_size(
         raise ValueError(f"block_size must be a power of two, got {block_size}")
     if num_experts < 1:
         raise ValueError(f"num_experts must be positive, got {num_experts}")
-    device = topk_ids.device
-    numel = topk_ids.numel()
-    max_padded = max_padded_tokens(numel, num_experts, block_size)
-    max_blocks = triton.cdiv(max_padded, block_size)
-    sorted_ids = torch.empty(max_padded, dtype=torch.int32, device=device)
-    expert_ids = torch.empty(max_blocks, dtype=torch.int32, device=device)
-    num_post = torch.empty(1, dtype=torch.int32, device=device)
-    launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expert_ids, num_post)
+    sorted_ids, expert_ids, num_post, cursor = align_buffers(topk_ids.numel(), num_experts, block_size,
+                                                             topk_ids.device)
+    launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expert_ids, num_post, cursor)
     return sorted_ids, expert_ids, num_post
+
+
+def align_buffers(numel: int, num_experts: int, block_size: int, device):
+    """Empty (sorted_token_ids, expert_ids, num_tokens_post_padded, cursor) for aligning ``numel`` entries; the
+    cursor is the alignment kernel's per-expert scratch."""
+    max_padded = max_padded_tokens(numel, num_experts, block_size)
+    i32 = dict(dtype=torch.int32, device=device)
+    return (torch.empty(max_padded, **i32), torch.empty(triton.cdiv(max_padded, block_size), **i32),
+            torch.empty(1, **i32), torch.empty(align_bins(num_experts), **i32))
 
 
 def align_bins(num_experts: int) -> int:
@@ -68,16 +72,15 @@ def align_bins(num_experts: int) -> int:
     return max(16, triton.next_power_of_2(num_experts + 1))
 
 
-def launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expert_ids, num_post, cursor=None,
+def launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expert_ids, num_post, cursor,
                  amax=None, warmup=False):
-    """Fill preallocated alignment buffers (used by moe_align_block_size and the fused op's workspace).
+    """Fill preallocated alignment buffers (:func:`align_buffers`; used by moe_align_block_size and the fused op's
+    workspace).
 
     ``amax`` (float32, power-of-two length): the fused op's running-maximum slots, zeroed here since this kernel
     runs first in every call.
     """
     bins = align_bins(num_experts)
-    if cursor is None:
-        cursor = torch.empty(bins, dtype=torch.int32, device=sorted_ids.device)
     args = [topk_ids, expert_map, sorted_ids, expert_ids, num_post, cursor, amax,
             topk_ids.numel(), sorted_ids.numel(), expert_ids.numel(), num_experts]
     meta = dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, HAS_MAP=expert_map is not None,

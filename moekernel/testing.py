@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .quant import quantize_weights, storage_dtype
+from .quant import quantize_weights
 from .routing import fused_topk
 from .shapes import KernelShape
 
@@ -106,24 +106,18 @@ def meta_inputs(shape: KernelShape, M: int) -> MoEInputs:
     """Shape-only tensors ('meta' device) with the dtypes and strides of make_inputs, for compiling."""
     meta = dict(device="meta")
     dt = hidden_dtype(shape)
-    wdt = storage_dtype(shape.quant_dtype) if shape.quant_dtype else dt
     E, N, K = shape.E, shape.N, shape.K
     inputs = MoEInputs(
         torch.empty((M, K), dtype=dt, **meta),
-        torch.empty((E, 2 * N, K), dtype=wdt, **meta),
-        torch.empty((E, K, N), dtype=wdt, **meta),
+        torch.empty((E, 2 * N, K), dtype=dt, **meta),
+        torch.empty((E, K, N), dtype=dt, **meta),
         torch.empty((M, shape.topk), dtype=torch.float32, **meta),
         torch.empty((M, shape.topk), dtype=torch.int32, **meta),
     )
     if shape.quant_dtype is not None:
         inputs.quant_dtype, inputs.block_shape, inputs.per_channel = shape.quant_dtype, shape.block_shape, shape.per_channel
-        f32 = dict(dtype=torch.float32, **meta)
-        if shape.block_shape is not None:
-            bn, bk = shape.block_shape
-            inputs.w1_scale = torch.empty((E, -(-2 * N // bn), -(-K // bk)), **f32)
-            inputs.w2_scale = torch.empty((E, -(-K // bn), -(-N // bk)), **f32)
-        elif shape.per_channel or shape.quant_dtype == "int8_w8a16":
-            inputs.w1_scale, inputs.w2_scale = torch.empty((E, 2 * N), **f32), torch.empty((E, K), **f32)
-        else:
-            inputs.w1_scale, inputs.w2_scale = torch.empty((E,), **f32), torch.empty((E,), **f32)
+        # quantize_weights on meta tensors: the weights' and scales' layouts exactly as make_inputs gets them.
+        layout = dict(block_shape=shape.block_shape, per_channel=shape.per_channel)
+        inputs.w1, inputs.w1_scale = quantize_weights(inputs.w1, shape.quant_dtype, **layout)
+        inputs.w2, inputs.w2_scale = quantize_weights(inputs.w2, shape.quant_dtype, **layout)
     return inputs

@@ -2,7 +2,6 @@
 
 import logging
 import os
-from pathlib import Path
 
 p = snakemake.params
 # Before anything imports triton or initialises CUDA: the interpreter switch, or this job's own GPU.
