@@ -46,9 +46,7 @@ from .heuristics import default_config, engine_default_config
 from .shapes import DTYPES, KernelShape
 
 DEFAULT_KEY = "E8-N7168-K4096-top2-bf16"  # Mixtral-8x7B at tp=2
-CALLS_PER_GRAPH = 10
 HIDDEN_BYTES = 2  # activations are bf16 or fp16 in every mode
-SCALE_BYTES = 4  # weight scales are float32
 #: The interpreter runs the kernels through NumPy: refuse shapes with more weight elements than this.
 INTERPRETER_MAX_WEIGHTS = 1 << 22
 INTERPRETER_BANNER = (
@@ -102,7 +100,7 @@ def _rate(fn, work: float, iters: int) -> float:
     """``work`` units per call of ``fn`` → units per second, timed like the kernels (CUDA graph, median)."""
     from .tuning.timing import time_callable
 
-    return work / (time_callable(fn, iters=iters, calls_per_graph=CALLS_PER_GRAPH).median_us * 1e-6)
+    return work / (time_callable(fn, iters=iters).median_us * 1e-6)
 
 
 def measure_bandwidth(copy_gib: float = 2.0, read_gib: float = 4.0, iters: int = 20) -> tuple[float, float]:
@@ -193,19 +191,11 @@ def get_ceilings(args, backend: str) -> Ceilings:
 
 def weight_bytes_per_expert(shape: KernelShape) -> int:
     """w1 [2N, K] + w2 [K, N] of one expert, plus their float32 scales in the shape's quantization layout."""
-    E, N, K = shape.E, shape.N, shape.K
-    one_byte = shape.quant_dtype is not None
-    weights = 3 * N * K * (1 if one_byte else 2)
-    if not one_byte:
-        return weights
-    if shape.block_shape is not None:
-        bn, bk = shape.block_shape
-        scales = -(-2 * N // bn) * -(-K // bk) + -(-K // bn) * -(-N // bk)
-    elif shape.per_channel or shape.dtype == "int8_w8a16":
-        scales = 2 * N + K  # one per output row of w1 and of w2
-    else:
-        scales = 2  # one per tensor
-    return weights + SCALE_BYTES * scales
+    from .testing import meta_inputs  # shape-only tensors laid out exactly as the kernel receives them
+
+    i = meta_inputs(shape, 1)
+    tensors = [t for t in (i.w1, i.w2, i.w1_scale, i.w2_scale) if t is not None]
+    return sum(t.numel() * t.element_size() for t in tensors) // shape.E
 
 
 def hit_experts(topk_ids, E: int) -> int:
@@ -402,7 +392,7 @@ def time_source(fn, backend: str, iters: int, graph=True):
         return time_callable(fn, iters=iters, backend="interpret"), "cpu wall clock"
     if graph:
         try:
-            return time_callable(fn, iters=iters, calls_per_graph=CALLS_PER_GRAPH), "cuda graph"
+            return time_callable(fn, iters=iters), "cuda graph"
         except RuntimeError:
             if graph != "try":
                 raise
@@ -652,12 +642,9 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def _backend(reexec: bool) -> str:
-    import torch
+    from .tuning.tuner import kernels_mode, resolve_backend, wanted_backend
 
-    from .tuning.tuner import kernels_mode, resolve_backend
-
-    wants_interpreter = os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
-    if wants_interpreter and kernels_mode() == "cuda":
+    if wanted_backend("auto") == "interpret" and kernels_mode() == "cuda":
         if not reexec:
             raise RuntimeError("no CUDA: set TRITON_INTERPRET=1 before importing moekernel to run the benchmark")
         importlib.import_module("moekernel.fused_moe").restart_in_interpreter("moekernel.bench")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import signal
 import sys
 import time
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .shapes import KernelShape
     from .tuning import get_strategy, load_space
-    from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, resolve_backend, shard_paths, tune_batch_sizes
+    from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, shard_paths, tune_batch_sizes, wanted_backend
 
     try:  # fail fast, before a re-exec
         KernelShape.from_key(args.key), load_space(args.space), get_strategy(args.strategy)
@@ -80,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile_only:
         return _compile_only(args)
 
-    wants_interpreter = args.backend == "interpret" or (
-        args.backend == "auto" and (os.environ.get("TRITON_INTERPRET") == "1" or not _cuda_available()))
-    if wants_interpreter and kernels_mode() == "cuda":
+    if wanted_backend(args.backend) == "interpret" and kernels_mode() == "cuda":
         if argv is not None:  # called as a function: never replace the caller's process
             raise RuntimeError("set TRITON_INTERPRET=1 before importing moekernel to tune with the interpreter")
         importlib.import_module("moekernel.fused_moe").restart_in_interpreter("moekernel.tune")
@@ -92,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frames = tune_batch_sizes(args.key, args.batch_size, out=args.out, strategy=args.strategy,
                                   space=args.space, split=args.split, iters=args.iters, routing=args.routing,
-                                  seed=args.seed, backend=resolve_backend(args.backend), jobs=args.jobs,
+                                  seed=args.seed, backend=args.backend, jobs=args.jobs,
                                   seed_from=args.seed_from, progress=not args.quiet)
     except ContextPoisoned as exc:
         print(f"moekernel.tune: {exc}", file=sys.stderr)
@@ -118,12 +115,6 @@ def _compile_only(args) -> int:
     print(f"{args.key}: compiled {len(frame)} candidates ({counts}) in {time.monotonic() - start:.1f} s",
           file=sys.stderr)
     return 0
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

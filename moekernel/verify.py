@@ -64,8 +64,9 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
     from moekernel.fused_moe import make_runner
     from moekernel.reference import fused_experts_ref, relative_error
     from moekernel.tuning.timing import time_callable
-    # The tuner's own bound and graph size: a winner it accepted passes here, and times compare with the shards'.
-    from moekernel.tuning.tuner import CALLS_PER_GRAPH, REL_ERROR_BOUND
+    # The tuner's own bound: a winner it accepted passes here (and time_callable's default graph size is the
+    # tuner's, so times compare with the shards').
+    from moekernel.tuning.tuner import REL_ERROR_BOUND
 
     shape = KernelShape.from_key(key)
     torch_device = "cuda" if backend == "cuda" else "cpu"
@@ -95,7 +96,7 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
             try:
                 runner = make_runner(inputs, config)
                 err = relative_error(runner(), ref)
-                timing = time_callable(runner, iters=iters, calls_per_graph=CALLS_PER_GRAPH, backend=backend)
+                timing = time_callable(runner, iters=iters, backend=backend)
                 row.update(time_us=timing.median_us, rel_error=err, ok=err <= bound,
                            note=INTERPRETER_NOTE if backend == "interpret" else None)
                 if err > bound:

@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from .space import PARAMS
 
 STATUSES = ("ok", "out_of_resources", "compile_error", "runtime_error", "incorrect", "pruned")
-GEMMS = ("both", "up", "down")
 
 _str, _int, _float, _bool = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 SCHEMA = pa.schema(

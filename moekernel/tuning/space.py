@@ -192,7 +192,7 @@ def prune(
         if reason is None and bk_cap is not None and bk > bk_cap:
             reason = f"BLOCK_SIZE_K={bk} > {bk_cap}, which already spans the reduction; larger tiles only mask"
         if reason is None:
-            need = max(smem_bytes(shape, config, g) for g in gemms)
+            need = smem_bytes(shape, config, gemm)
             if need > smem_limit:
                 reason = f"shared memory: needs ~{need} bytes, device allows {smem_limit}"
         if reason is None:

@@ -28,8 +28,6 @@ Measure = Callable[[Sequence[Candidate], int], Mapping[Candidate, float | None]]
 
 @dataclass(frozen=True)
 class Exhaustive:
-    name = "exhaustive"
-
     def explore(self, groups, seeds, space) -> tuple[dict[Hashable, list[Candidate]], str | None]:
         return groups, None
 
@@ -45,8 +43,6 @@ class Fast:
     first_iters: int = 3  # replays per candidate in the first round
     final_keep: int = 4  # per group, at most this many reach the full-iters round (and at least)
     radius: int | None = 2  # with seeds: explore configs within this many steps of one (None: explore all)
-
-    name = "fast"
 
     def explore(self, groups, seeds, space) -> tuple[dict[Hashable, list[Candidate]], str | None]:
         """The candidates worth timing at all, and the prune reason for the others."""

@@ -36,7 +36,6 @@ from .timing import INTERPRET_MAX_ITERS, time_callable
 #: Largest accepted ‖out − ref‖ / ‖ref‖; the reference quantizes like the kernel, so quantized modes only add
 #: rounding of the quantized activations.
 REL_ERROR_BOUND = {"bf16": 2e-2, "fp16": 2e-2, "fp8_w8a8": 5e-2, "int8_w8a16": 5e-2, "int8_w8a8": 5e-2}
-CALLS_PER_GRAPH = 10
 VERIFY_TOP = 3  # candidates checked against the reference (``both``); the fastest correct one wins
 MAX_VERIFY_FAILURES = 10  # a kernel wrong this often is broken for the shape: stop looking for a winner
 CHECKPOINT_EVERY = 25  # timed candidates between checkpoints
@@ -62,21 +61,28 @@ def kernels_mode() -> str | None:
     return "interpret" if "InterpretedFunction" in kinds else "cuda"
 
 
+def wanted_backend(backend: str = "auto") -> str:
+    """``cuda`` or ``interpret``, before any check against the imported kernels. ``auto``: interpret if
+    TRITON_INTERPRET=1, the kernels were defined for the interpreter, or there is no GPU; else cuda."""
+    if backend not in ("auto", "cuda", "interpret"):
+        raise ValueError(f"backend must be auto, cuda or interpret, got {backend!r}")
+    if backend != "auto":
+        return backend
+    import torch
+
+    interpret = (os.environ.get("TRITON_INTERPRET") == "1" or kernels_mode() == "interpret"
+                 or not torch.cuda.is_available())
+    return "interpret" if interpret else "cuda"
+
+
 def resolve_backend(backend: str = "auto") -> str:
-    """``cuda`` or ``interpret``. ``auto``: interpret if TRITON_INTERPRET=1, the kernels were defined for the
-    interpreter, or there is no GPU; else cuda.
+    """:func:`wanted_backend`, checked against the kernels if they are imported.
 
     For ``interpret`` TRITON_INTERPRET is set here, which works only if the kernel modules are not imported yet
     (``import moekernel`` imports them): set it before importing moekernel (the CLI re-executes itself).
     """
-    if backend not in ("auto", "cuda", "interpret"):
-        raise ValueError(f"backend must be auto, cuda or interpret, got {backend!r}")
+    backend = wanted_backend(backend)
     mode = kernels_mode()
-    if backend == "auto":
-        import torch
-
-        interpret = os.environ.get("TRITON_INTERPRET") == "1" or mode == "interpret" or not torch.cuda.is_available()
-        backend = "interpret" if interpret else "cuda"
     if mode is not None and mode != backend:
         raise RuntimeError(
             f"backend {backend!r} but the kernels were imported for {mode!r}: set TRITON_INTERPRET="
@@ -169,6 +175,7 @@ def tune_batch_sizes(
     paths = shard_paths(out, batch_sizes)
     strategy, space, backend = get_strategy(strategy), load_space(space), resolve_backend(backend)
     seed_from = list(seed_from)
+    shard_seeds: set | None = None  # read once, at the first batch size actually tuned
     frames: dict[int, pd.DataFrame] = {}
     # Only real compiles need workers; with one job they compile in this process.
     workers = default_jobs() if jobs is None else int(jobs)
@@ -182,9 +189,11 @@ def tune_batch_sizes(
                 if progress:
                     print(frames[M].attrs["summary"], file=sys.stderr)
                 continue
+            if shard_seeds is None:
+                shard_seeds = set().union(*(seeds_from_shard(p, shape, _scopes(split)) for p in seed_from))
             job = _Job(shape, M, out=path, strategy=strategy, space=space, split=split, iters=int(iters),
                        routing=routing, seed=int(seed), backend=backend, jobs=jobs, progress=progress, pool=pool)
-            frames[M] = job.run(seed_from)
+            frames[M] = job.run(set(shard_seeds))
             del job  # free this batch size's inputs before the next one allocates its own
     finally:
         if pool is not None:
@@ -237,13 +246,18 @@ def precompile(
     )
 
 
+def _scopes(split: bool) -> tuple[str, ...]:
+    """The gemm scopes a job tunes: the whole op, or the up and down GEMMs separately."""
+    return ("up", "down") if split else ("both",)
+
+
 class _Job:
     def __init__(self, shape, M, *, out, strategy, space, split, iters, routing, seed, backend, jobs, progress,
                  pool=None):
         self.pool = pool
         self.shape, self.M, self.space, self.iters, self.backend = shape, M, space, iters, backend
         self.strategy, self.routing, self.seed, self.jobs, self.progress = strategy, routing, seed, jobs, progress
-        self.scopes = ("up", "down") if split else ("both",)
+        self.scopes = _scopes(split)
         self.out = Path(out) if out is not None else None
         self.device = "cuda" if backend == "cuda" else "cpu"
         self.rows: dict[Candidate, dict] = {}
@@ -286,13 +300,11 @@ class _Job:
                     groups.setdefault(group, []).append(cand)
         return groups
 
-    def _load_seeds(self, paths) -> set:
-        seeds = set()
-        for path in paths:
-            seeds |= seeds_from_shard(path, self.shape, self.scopes)
-        if not seeds and isinstance(self.strategy, Fast):
-            seeds = heuristic_seeds(self.shape, self.M, self.space, self.scopes)
-        return seeds
+    def _seeds(self, from_shards: set) -> set:
+        """Seeds from neighbouring shards, else (fast strategy only) the default rule's."""
+        if from_shards or not isinstance(self.strategy, Fast):
+            return from_shards
+        return heuristic_seeds(self.shape, self.M, self.space, self.scopes)
 
     @property
     def inputs(self):
@@ -305,13 +317,14 @@ class _Job:
 
     # -- the job -------------------------------------------------------------------------------------------------
 
-    def run(self, seed_from) -> pd.DataFrame:
+    def run(self, shard_seeds: set) -> pd.DataFrame:
+        """The whole job; ``shard_seeds``: the fast strategy's seeds from neighbouring shards (may be empty)."""
         start = time.monotonic()
         groups = self._candidates()
         survivors = {c for members in groups.values() for c in members}
         # Every seed centres the search, even one pruned itself (say, as a duplicate launch); only the surviving
         # ones are kept through the strategy's rounds.
-        seeds = self._load_seeds(seed_from)
+        seeds = self._seeds(shard_seeds)
         explored, reason = self.strategy.explore(groups, seeds, self.space)
         seeds &= survivors
         kept = {c for members in explored.values() for c in members}
@@ -397,8 +410,7 @@ class _Job:
             runner = fused_moe.make_runner(self.inputs, dict(zip(PARAMS, cid)), gemm=gemm)
             # A screening round (fewer iterations than the final one) needs less settling than the final.
             warmup = 2 if iters >= self.iters else 1
-            t = time_callable(runner, iters=iters, calls_per_graph=CALLS_PER_GRAPH, warmup=warmup,
-                              backend=self.backend)
+            t = time_callable(runner, iters=iters, warmup=warmup, backend=self.backend)
         except Exception as exc:  # noqa: BLE001 - any failure of one config is that config's row
             self._fail(cand, classify_error(exc, "runtime_error"), error_text(exc))
             del runner
