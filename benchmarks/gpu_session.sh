@@ -50,7 +50,7 @@ for stage in "$@"; do
             run emit-$(basename $d) python3 -c "import glob, sys; from moekernel.emit import emit_from_shards; print(emit_from_shards(sorted(glob.glob(sys.argv[1] + '/*.parquet')), sys.argv[2]))" "$src" "$WORK/configs-$(basename $d)"
           done ;;
     # Winners re-timed side by side in one process: vLLM's shipped configs, and every configs-* folder emit made.
-    sidebyside) tuned=(); for d in "$WORK"/configs-*; do tuned+=(--tuned "$d"); done
+    sidebyside) tuned=(); for d in "$WORK"/configs-*; do [ -d "$d" ] && tuned+=(--tuned "$d"); done
           run sidebyside python3 -m moekernel.bench --batch-sizes "${BATCHES:-$ALL_BATCHES}" --configs benchmarks/vllm-h100-configs \
             "${tuned[@]}" --skip-torch --iters 50 --markdown --json "$WORK/sidebyside.json" ;;
     pipeline) rm -rf /tmp/gpu-run
