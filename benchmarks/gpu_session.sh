@@ -47,7 +47,7 @@ for stage in "$@"; do
     # Engine files from the shards of DIRS (folders under $WORK, or carried ones), for the side-by-side stages.
     emit) for d in ${DIRS:-fast exh all}; do
             src=$d; [ -d "$src" ] || src=$WORK/$d
-            run emit-$(basename $d) python3 -c "import glob, sys; from moekernel.emit import emit_from_shards; print(emit_from_shards(sorted(glob.glob(sys.argv[1] + '/*.parquet')), sys.argv[2]))" "$src" "$WORK/configs-$(basename $d)"
+            run emit-$(basename $d) python3 -c "import glob, sys; from moekernel.pipeline.emit import emit_from_shards; print(emit_from_shards(sorted(glob.glob(sys.argv[1] + '/*.parquet')), sys.argv[2]))" "$src" "$WORK/configs-$(basename $d)"
           done ;;
     # Winners re-timed side by side in one process: vLLM's shipped configs, and every configs-* folder emit made.
     sidebyside) tuned=(); for d in "$WORK"/configs-*; do [ -d "$d" ] && tuned+=(--tuned "$d"); done

@@ -1,19 +1,34 @@
-"""moekernel: a fused Mixture-of-Experts Triton kernel, its runtime config lookup, and the tuner behind them.
+"""moekernel: a fused Mixture-of-Experts Triton kernel, the tuner behind its launch configs, and the pipeline.
 
-Public surface::
+Three parts::
 
-    fused_topk, moe_align_block_size, fused_experts, fused_moe, override_config
-    moekernel.configs    config file names, loading, get_config
-    moekernel.reference  the float32 torch reference
-    moekernel.models     model configs -> kernel shapes
+    moekernel.kernel     the op (torch + triton): fused_experts, fused_moe, override_config, fused_topk, ...
     moekernel.tuning     the tuner (CLI: python -m moekernel.tune)
+    moekernel.pipeline   the Snakemake workflow's logic: plan, database, emit, verify, report, GPU pinning
+
+and what they share, none of which needs torch or triton to import: ``dtypes`` (the facts of each dtype),
+``shapes`` (kernel keys), ``configs`` (engine config files, the runtime lookup), ``heuristics`` (default configs),
+``models`` (model configs → kernel shapes), ``backend`` (cuda or the interpreter), ``roofline``, ``provenance``.
+The benchmark is ``python -m moekernel.bench``.
+
+``import moekernel`` is light: the op's names below load the kernel package on first use.
 """
 
-from .fused_moe import fused_experts, fused_moe, override_config
-from .routing import fused_topk, moe_align_block_size
 from .shapes import KernelShape
 
 __version__ = "0.1.0"
 
-__all__ = ["fused_experts", "fused_moe", "override_config", "fused_topk", "moe_align_block_size", "KernelShape",
-           "__version__"]
+#: The op's public names and the kernel module that defines each.
+_KERNEL_NAMES = {"fused_experts": "moe", "fused_moe": "moe", "override_config": "moe", "fused_topk": "routing",
+                 "moe_align_block_size": "routing"}
+
+__all__ = [*_KERNEL_NAMES, "KernelShape", "__version__"]
+
+
+def __getattr__(name: str):
+    # PEP 562: the kernel (and with it torch and triton) loads when one of its names is first asked for.
+    if name in _KERNEL_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(f"moekernel.kernel.{_KERNEL_NAMES[name]}"), name)
+    raise AttributeError(f"module 'moekernel' has no attribute {name!r}")

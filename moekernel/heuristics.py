@@ -7,6 +7,8 @@ compute bound. It is checked against the engines' own default (``engine_default_
 
 from __future__ import annotations
 
+from .dtypes import info as dtype_info
+
 PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 
 #: Opt-in shared memory per block on Hopper (H100/H200): the limit when the device cannot be asked, and the one the
@@ -16,7 +18,7 @@ HOPPER_SMEM_BYTES = 232448
 
 def smem_upper_bound(config: dict, a_bytes: int, b_bytes: int) -> int:
     """num_stages full copies of the A and B tiles: more than any launch needs, so a default trimmed to fit it
-    never fails. (Pruning uses moekernel.fused_moe.smem_bytes, the tighter estimate, to keep every config that
+    never fails. (Pruning uses moekernel.kernel.moe.smem_bytes, the tighter estimate, to keep every config that
     may run.)"""
     bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
     return config["num_stages"] * (bm * bk * a_bytes + bk * bn * b_bytes)
@@ -26,7 +28,8 @@ def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None 
                    block_shape=None) -> dict:
     """Our default for (M, shape): see the module docstring."""
     tokens_per_expert = M * topk / max(E, 1)
-    one_byte = dtype in ("fp8_w8a8", "int8_w8a8")
+    facts = dtype_info(dtype or "bf16")  # None: unquantized
+    one_byte = facts.act_bytes == 1
     if tokens_per_expert <= 8:
         cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
     elif tokens_per_expert <= 24:
@@ -43,9 +46,7 @@ def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None 
     # Never wider or deeper than the problem needs (N is the expert's intermediate size, w1 has 2N rows).
     cfg["BLOCK_SIZE_K"] = max(16, min(cfg["BLOCK_SIZE_K"], _pow2_at_least(min(K, N))))
     cfg["BLOCK_SIZE_N"] = max(32, min(cfg["BLOCK_SIZE_N"], _pow2_at_least(min(2 * N, K))))
-    a_bytes = 1 if one_byte else 2
-    b_bytes = 1 if dtype in ("fp8_w8a8", "int8_w8a8", "int8_w8a16") else 2
-    while cfg["num_stages"] > 2 and smem_upper_bound(cfg, a_bytes, b_bytes) > HOPPER_SMEM_BYTES:
+    while cfg["num_stages"] > 2 and smem_upper_bound(cfg, facts.act_bytes, facts.weight_bytes) > HOPPER_SMEM_BYTES:
         cfg["num_stages"] -= 1
     return cfg
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: The dtypes the kernel computes in. ``bf16``/``fp16`` are unquantized.
-DTYPES = ("bf16", "fp16", "fp8_w8a8", "int8_w8a16", "int8_w8a8")
-QUANT_DTYPES = ("fp8_w8a8", "int8_w8a16", "int8_w8a8")
+from . import dtypes
+from .dtypes import DTYPE_NAMES as DTYPES  # noqa: F401 - the names, for argument choices and messages
+from .dtypes import QUANT_DTYPES  # noqa: F401
 
 _KEY_RE = re.compile(
     r"^E(?P<E>\d+)-N(?P<N>\d+)-K(?P<K>\d+)-top(?P<topk>\d+)-(?P<dtype>[a-z0-9_]+?)"
@@ -37,25 +37,29 @@ class KernelShape:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"KernelShape.{name} must be a positive integer, got {value!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"KernelShape.dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.dtype not in dtypes.DTYPES:
+            raise ValueError(f"KernelShape.dtype must be one of {', '.join(dtypes.DTYPES)}; got {self.dtype!r}")
         if self.block_shape is not None:
             bs = tuple(int(b) for b in self.block_shape)
             if len(bs) != 2 or min(bs) < 1:
                 raise ValueError(f"block_shape must be [block_n, block_k] of positive ints, got {self.block_shape!r}")
-            if self.dtype not in ("fp8_w8a8", "int8_w8a8"):
-                raise ValueError(f"block_shape applies to fp8_w8a8/int8_w8a8 only, not {self.dtype}")
             object.__setattr__(self, "block_shape", bs)
-        if self.per_channel and self.dtype not in ("fp8_w8a8", "int8_w8a8"):
-            raise ValueError(f"per_channel applies to fp8_w8a8/int8_w8a8 only, not {self.dtype}")
-        if self.per_channel and self.block_shape is not None:
-            raise ValueError("per_channel and block_shape exclude each other")
+        self.info.mode(self.block_shape, self.per_channel)  # raises if the dtype has no such layout
         # topk may exceed E: with expert parallelism a rank holds fewer experts than a token picks.
+
+    @property
+    def info(self) -> dtypes.DtypeInfo:
+        """The dtype's facts (:mod:`moekernel.dtypes`)."""
+        return dtypes.DTYPES[self.dtype]
+
+    @property
+    def quant_mode(self) -> dtypes.QuantMode:
+        return self.info.mode(self.block_shape, self.per_channel)
 
     @property
     def quant_dtype(self) -> str | None:
         """The ``quant_dtype`` argument of :func:`moekernel.fused_experts`."""
-        return self.dtype if self.dtype in QUANT_DTYPES else None
+        return self.dtype if self.info.quantized else None
 
     @property
     def config_dtype(self) -> str | None:

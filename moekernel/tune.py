@@ -13,13 +13,14 @@ saved: run the same command again to resume), 2 for bad arguments, 1 for anythin
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 import time
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .tuning.settings import TuneSettings
+
     p = argparse.ArgumentParser(prog="python -m moekernel.tune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--key", required=True, help="kernel key, e.g. E8-N7168-K4096-top2-bf16")
@@ -27,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="M, the tokens of one call; several comma-separated, or 'standard' (the 18 sizes 1-4096)")
     p.add_argument("--out", help="the shard to write (.parquet; with several batch sizes, a path holding "
                    "{batch_size}); <out>.partial is its checkpoint")
-    p.add_argument("--strategy", default="fast", help="exhaustive, fast, or fast:eta=4,radius=2,...")
-    p.add_argument("--space", default="vllm", help="'vllm', or a JSON object / file of parameter -> values")
-    p.add_argument("--split", action="store_true", help="tune the up and down GEMMs separately")
-    p.add_argument("--iters", type=int, default=20, help="CUDA-graph replays timed per finalist")
-    p.add_argument("--routing", default="uniform", help="uniform, zipf:<s>, or a .npy/.pt file of top-k ids")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    p.add_argument("--backend", default="auto", choices=("auto", "cuda", "interpret"))
+    TuneSettings.add_cli_arguments(p)
     p.add_argument("--jobs", type=int, default=None, help="compile workers (1: compile in this process); "
                    "default: min(16, CPUs available)")
     p.add_argument("--seed-from", nargs="+", action="extend", default=[], metavar="SHARD",
@@ -64,37 +59,36 @@ def batch_sizes(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .backend import command_backend
     from .shapes import KernelShape
-    from .tuning import get_strategy, load_space
-    from .tuning.tuner import EXIT_RESUME, ContextPoisoned, kernels_mode, shard_paths, tune_batch_sizes, wanted_backend
+    from .tuning import EXIT_RESUME, ContextPoisoned, TuneSettings
+    from .tuning.tuner import shard_paths
 
-    try:  # fail fast, before a re-exec
-        KernelShape.from_key(args.key), load_space(args.space), get_strategy(args.strategy)
+    try:  # fail fast, before anything is measured
+        KernelShape.from_key(args.key)
+        settings = TuneSettings.from_cli(args)
         if args.out is None and not args.compile_only:
             raise ValueError("--out is required (unless --compile-only)")
         shard_paths(args.out, args.batch_size)
     except ValueError as exc:
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2
+    settings = settings.replace(backend=command_backend(settings.backend, "moekernel.tune", restart=argv is None))
     if args.compile_only:
-        return _compile_only(args)
+        return _compile_only(args, settings)
 
-    if wanted_backend(args.backend) == "interpret" and kernels_mode() == "cuda":
-        if argv is not None:  # called as a function: never replace the caller's process
-            raise RuntimeError("set TRITON_INTERPRET=1 before importing moekernel to tune with the interpreter")
-        importlib.import_module("moekernel.fused_moe").restart_in_interpreter("moekernel.tune")
+    from .tuning import tune_batch_sizes
+
     # A cancelled job (Snakemake, Slurm) gets SIGTERM: unwind, so the checkpoint is written on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     start = time.monotonic()
     try:
-        frames = tune_batch_sizes(args.key, args.batch_size, out=args.out, strategy=args.strategy,
-                                  space=args.space, split=args.split, iters=args.iters, routing=args.routing,
-                                  seed=args.seed, backend=args.backend, jobs=args.jobs,
+        frames = tune_batch_sizes(args.key, args.batch_size, settings, out=args.out, jobs=args.jobs,
                                   seed_from=args.seed_from, progress=not args.quiet)
     except ContextPoisoned as exc:
         print(f"moekernel.tune: {exc}", file=sys.stderr)
         return EXIT_RESUME
-    except ValueError as exc:  # bad key, space, routing...: say what, without a traceback
+    except ValueError as exc:  # bad routing file, seed shard...: say what, without a traceback
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2
     if args.quiet:
@@ -105,12 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _compile_only(args) -> int:
+def _compile_only(args, settings) -> int:
     from .tuning import precompile
 
     start = time.monotonic()
-    frame = precompile(args.key, max(args.batch_size), space=args.space, split=args.split, backend=args.backend,
-                       jobs=args.jobs, progress=not args.quiet)
+    frame = precompile(args.key, max(args.batch_size), settings, jobs=args.jobs, progress=not args.quiet)
     counts = ", ".join(f"{n} {status}" for status, n in frame["status"].value_counts().items()) or "nothing to do"
     print(f"{args.key}: compiled {len(frame)} candidates ({counts}) in {time.monotonic() - start:.1f} s",
           file=sys.stderr)

@@ -12,6 +12,8 @@ rule database:
         "logs/database.log",
     params:
         shapes=PLAN.shapes,
-        meta={"demo": PLAN.demo, **PLAN.settings},
+        meta=PLAN.meta(),
+    conda:
+        "../envs/moekernel.yaml"
     script:
         "../scripts/database.py"

@@ -9,5 +9,7 @@ rule report:
         table=report("results/report/comparisons.csv", category="Comparison", labels={"figure": "table"}),
     log:
         "logs/report.log",
+    conda:
+        "../envs/moekernel.yaml"
     script:
         "../scripts/report.py"

@@ -8,5 +8,7 @@ rule select:
         report(directory("results/configs"), patterns=["{name}.json"], category="Engine configs"),
     log:
         "logs/select.log",
+    conda:
+        "../envs/moekernel.yaml"
     script:
         "../scripts/select.py"

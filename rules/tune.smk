@@ -11,20 +11,12 @@ rule tune:
     log:
         "logs/tune/{key}/bs{bs}.log",
     params:
-        args=PLAN.tune_args(),
-        kernel_hash=PLAN.settings["kernel_hash"],
+        settings=PLAN.settings.as_dict(),
+        kernel_hash=PLAN.kernel_hash,
     threads: TUNE_THREADS  # parallel compiles
     resources:
         gpu=GPU_PER_JOB,
-    shell:
-        # Exit status 75: a CUDA error poisoned the tuner's process after it saved its checkpoint; a fresh
-        # process resumes past the culprit. Anything else is final.
-        """
-        : > {log}
-        for attempt in 1 2 3 4 5; do
-            rc=0
-            {TUNE_LAUNCHER} {PYTHON} -m moekernel.tune --key {wildcards.key} --batch-size {wildcards.bs} --out {output} --jobs {threads} --quiet {params.args} >> {log} 2>&1 || rc=$?
-            [ $rc -eq 75 ] || exit $rc
-        done
-        exit 75
-        """
+    conda:
+        "../envs/moekernel.yaml"
+    script:
+        "../scripts/tune.py"

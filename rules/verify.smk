@@ -16,13 +16,15 @@ rule verify:
         "logs/verify/{key}.log",
     params:
         batch_sizes=PLAN.batch_sizes,
-        routing=PLAN.settings["routing"],
-        seed=PLAN.settings["seed"],
-        iters=PLAN.settings["iters"],
+        routing=PLAN.settings.routing,
+        seed=PLAN.settings.seed,
+        iters=PLAN.settings.iters,
         backend=PLAN.backend,
         baseline=CFG["baseline_configs"],
-        kernel_hash=PLAN.settings["kernel_hash"],
+        kernel_hash=PLAN.kernel_hash,
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../envs/moekernel.yaml"
     script:
         "../scripts/verify.py"

@@ -1,10 +1,11 @@
-"""Snakemake adapter: shards + shapes + verify results -> results/tuning.duckdb (moekernel.database)."""
+"""Snakemake adapter: shards + shapes + verify results -> results/tuning.duckdb (moekernel.pipeline.database)."""
 
-import logging
+from _common import setup
 
-from moekernel import database
+log = setup(snakemake)
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(levelname)s %(message)s")
+from moekernel.pipeline import database  # after setup: moekernel from this checkout
+
 path = database.build(snakemake.output[0], list(snakemake.input.shards), list(snakemake.params.shapes),
                       comparisons=list(snakemake.input.comparisons), meta=dict(snakemake.params.meta))
-logging.info("wrote %s", path)
+log.info("wrote %s", path)

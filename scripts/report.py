@@ -1,11 +1,13 @@
-"""Snakemake adapter: results/tuning.duckdb -> plots and table under results/report (moekernel.report)."""
+"""Snakemake adapter: results/tuning.duckdb -> plots and table under results/report (moekernel.pipeline.report)."""
 
-import logging
 from pathlib import Path
 
-from moekernel import report
+from _common import setup
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(levelname)s %(message)s")
+log = setup(snakemake)
+
+from moekernel.pipeline import report  # after setup: moekernel from this checkout
+
 paths = report.make_report(snakemake.input[0], Path(snakemake.output.speedup).parent)
 assert {str(p) for p in paths.values()} == set(map(str, snakemake.output)), "report file names out of step"
-logging.info("wrote %s", ", ".join(map(str, paths.values())))
+log.info("wrote %s", ", ".join(map(str, paths.values())))

@@ -1,16 +1,18 @@
-"""Snakemake adapter: tuning shards -> engine config files (moekernel.emit)."""
+"""Snakemake adapter: tuning shards -> engine config files (moekernel.pipeline.emit)."""
 
-import logging
 import sys
 
-from moekernel import emit
+from _common import setup
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(levelname)s %(message)s")
+log = setup(snakemake)
+
+from moekernel.pipeline import emit  # after setup: moekernel from this checkout
+
 try:
     paths = emit.emit_from_shards(list(snakemake.input), snakemake.output[0])
 except emit.EmitError as exc:
     # A clear stop, not a traceback: the message names the keys that clash.
-    logging.error("%s", exc)
+    log.error("%s", exc)
     sys.exit(f"select: {exc}")
 for path in paths:
-    logging.info("wrote %s", path)
+    log.info("wrote %s", path)

@@ -1,4 +1,4 @@
-"""moekernel.database: results/tuning.duckdb built from shards, shapes and verify rows (no kernels run)."""
+"""moekernel.pipeline.database: results/tuning.duckdb built from shards, shapes and verify rows (no kernels run)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from moekernel import database
+from moekernel.pipeline import database
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "E8-N7168-K4096-top2-bf16"

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import moekernel
-from moekernel.fused_moe import make_runner, normalize_config
-from moekernel.reference import fused_experts_ref, relative_error
+from moekernel.kernel.moe import make_runner, normalize_config
+from moekernel.kernel.reference import fused_experts_ref, relative_error
 from moekernel.shapes import KernelShape
-from moekernel.testing import make_inputs
+from moekernel.kernel.testing import make_inputs
 
 SMALL = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1)
 _CPU = not torch.cuda.is_available()
@@ -132,7 +132,7 @@ def test_fused_moe_routes_then_computes(device):
 def test_override_config_is_used_instead_of_lookup(device, monkeypatch):
     import importlib
 
-    fm = importlib.import_module("moekernel.fused_moe")  # the package attribute of that name is the function
+    fm = importlib.import_module("moekernel.kernel.moe")
 
     def no_lookup(*args, **kwargs):
         raise AssertionError("get_config must not be consulted inside override_config")
@@ -265,8 +265,8 @@ def _compiled_binaries(fn) -> int:
 @pytest.mark.cuda
 @pytest.mark.parametrize("extra", [{"block_shape": (128, 128)}, {}, None], ids=["block", "per-tensor", "bf16"])
 def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra):
-    from moekernel import _kernels
-    from moekernel.fused_moe import compile_config
+    from moekernel.kernel import _kernels
+    from moekernel.kernel.moe import compile_config
 
     shape = KernelShape(8, 256, 512, 2, "bf16") if extra is None else KernelShape(8, 256, 512, 2, "fp8_w8a8", **extra)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3)

@@ -1,4 +1,4 @@
-"""moekernel.pipeline: config validation with defaults, model resolution, the de-duplicated job plan."""
+"""moekernel.pipeline.plan: config validation with defaults, model resolution, the de-duplicated job plan."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moekernel import pipeline
-from moekernel.pipeline import ConfigError, load_config, make_plan
+from moekernel.pipeline import plan as pipeline
+from moekernel.pipeline.plan import ConfigError, load_config, make_plan
 from moekernel.shapes import KernelShape
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,15 +91,15 @@ def test_settings_hold_what_timings_depend_on(tmp_path, monkeypatch):
     p = plan({"models": ["a"], "search": {"strategy": "exhaustive", "space": {"BLOCK_SIZE_M": [16, 32]}},
               "timing": {"iters": 5}, "routing": "zipf:1.2", "split": True})
     assert p.backend == "cuda" and not p.demo and p.banner() is None
-    assert p.settings == {"strategy": "exhaustive", "space": '{"BLOCK_SIZE_M":[16,32]}', "iters": 5,
-                          "routing": "zipf:1.2", "seed": 0, "split": True, "backend": "cuda",
-                          "kernel_hash": "h" * 16}
-    args = p.tune_args()
-    assert "--split" in args and "--iters 5" in args and "--space '{\"BLOCK_SIZE_M\":[16,32]}'" in args
+    assert p.settings.as_dict() == {"strategy": "exhaustive", "space": '{"BLOCK_SIZE_M":[16,32]}', "iters": 5,
+                                    "routing": "zipf:1.2", "seed": 0, "split": True, "backend": "cuda"}
+    assert p.kernel_hash == "h" * 16
+    args = " ".join(p.settings.cli_args())
+    assert "--split" in args and "--iters 5" in args and "--space {\"BLOCK_SIZE_M\":[16,32]}" in args
     # A space file is read, so editing the file changes the settings (and re-runs the tune jobs).
     monkeypatch.chdir(tmp_path)
     Path("space.json").write_text(json.dumps({"num_warps": [4, 8]}))
-    assert plan({"models": ["a"], "search": {"space": "space.json"}}).settings["space"] == '{"num_warps":[4,8]}'
+    assert plan({"models": ["a"], "search": {"space": "space.json"}}).settings.space == '{"num_warps":[4,8]}'
     with pytest.raises(ConfigError, match="does not exist"):
         plan({"models": ["a"], "search": {"space": "missing.json"}})
 
@@ -108,14 +108,14 @@ def test_adding_a_model_or_batch_size_leaves_existing_jobs_alone():
     before = plan({"models": ["a"], "batch_sizes": [1, 64]})
     after = plan({"models": ["a", "b"], "batch_sizes": [1, 64, 128]})
     assert set(before.shards()) < set(after.shards())
-    assert before.settings == after.settings and before.tune_args() == after.tune_args()
+    assert before.settings == after.settings and before.settings.cli_args() == after.settings.cli_args()
 
 
 def test_no_gpu_means_a_loud_demo_run():
     p = plan({"models": ["a"], "batch_sizes": [1, 2, 4, 8]}, cuda=False)
     assert p.demo and p.backend == "interpret"
     assert p.keys == ["E4-N64-K64-top2-fp16"] and p.batch_sizes == [1, 4, 16]
-    assert p.settings["strategy"] == "exhaustive" and p.settings["backend"] == "interpret"
+    assert p.settings.strategy == "exhaustive" and p.settings.backend == "interpret"
     assert p.requested_keys == ["E8-N1024-K512-top2-bf16"]
     assert "NO CUDA DEVICE" in p.banner() and "E8-N1024-K512-top2-bf16" in p.banner()
     # Asking for the interpreter explicitly tunes the requested shapes (and still warns).

@@ -1,4 +1,4 @@
-"""moekernel.emit: tuner winners → engine config files (names, content, split twins, collisions)."""
+"""moekernel.pipeline.emit: tuner winners → engine config files (names, content, split twins, collisions)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from moekernel import configs, emit
+from moekernel import configs
+from moekernel.pipeline import emit
 
 KEY = "E8-N7168-K4096-top2-bf16"
 

@@ -1,4 +1,4 @@
-"""moekernel.gpus: each GPU job gets its own visible GPU for its whole life (no GPU needed to test)."""
+"""moekernel.pipeline.gpus: each GPU job gets its own visible GPU for its whole life (no GPU needed to test)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moekernel import gpus
+from moekernel.pipeline import gpus
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def test_lock_namespace_per_host_and_slurm_job(tmp_path, monkeypatch):
 
 def launch(pool, env_gpus, command, hold_s=0):
     env = dict(os.environ, PYTHONPATH=str(REPO), HOLD=str(hold_s), **{gpus.ENV_GPUS: env_gpus})
-    return subprocess.Popen([sys.executable, "-m", "moekernel.gpus", "--pool", str(pool), "--", *command],
+    return subprocess.Popen([sys.executable, "-m", "moekernel.pipeline.gpus", "--pool", str(pool), "--", *command],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

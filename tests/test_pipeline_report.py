@@ -1,11 +1,11 @@
-"""moekernel.report: plots from a database of GPU-like comparisons (no GPU needed)."""
+"""moekernel.pipeline.report: plots from a database of GPU-like comparisons (no GPU needed)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from moekernel import database, report
+from moekernel.pipeline import database, report
 from moekernel.shapes import KernelShape
 
 KEY = "E8-N7168-K4096-top2-bf16"

@@ -110,7 +110,7 @@ def test_demo_run_end_to_end(demo_run):
 
 @pytest.mark.slow
 def test_rebuilt_configs_are_byte_identical(demo_run, tmp_path):
-    from moekernel import emit
+    from moekernel.pipeline import emit
 
     workdir, _, _ = demo_run
     shards = sorted((workdir / "results" / "timings" / DEMO_KEY).glob("*.parquet"))
@@ -279,5 +279,5 @@ def test_kernel_source_edit_reruns_tuning_and_other_edits_do_not(tmp_path):
     edit("moekernel/tuning/tuner.py")
     edit("rules/tune.smk")
     assert planned_tune() == set()
-    edit("moekernel/_kernels.py")
+    edit("moekernel/kernel/_kernels.py")
     assert planned_tune() == {timing_file(KEY_A, 2)}

@@ -25,7 +25,7 @@ def _cfg(bn):
 
 
 def fake_compile_config(shape, M, config, gemm="both", device=None):
-    """Stands in for moekernel.fused_moe.compile_config: fails by BLOCK_SIZE_N."""
+    """Stands in for moekernel.kernel.moe.compile_config: fails by BLOCK_SIZE_N."""
     bn = config["BLOCK_SIZE_N"]
     if bn == 64:
         raise OutOfResources(300000, 232448, "shared memory")
@@ -41,7 +41,7 @@ def fake_compile_config(shape, M, config, gemm="both", device=None):
 def pool_compile(shape, M, config, gemm, device=None):
     """What each spawned worker runs: the real compile_one over the fake kernel module (module level, so the
     workers can unpickle it; a worker is thrown away afterwards, so replacing its module is harmless)."""
-    sys.modules["moekernel.fused_moe"] = types.SimpleNamespace(compile_config=fake_compile_config)
+    sys.modules["moekernel.kernel.moe"] = types.SimpleNamespace(compile_config=fake_compile_config)
     return comp.compile_one(shape, M, config, gemm, device)
 
 
@@ -58,7 +58,7 @@ def test_error_text_is_bounded():
 
 
 def test_in_process_compile_records_each_failure(monkeypatch):
-    monkeypatch.setattr(importlib.import_module("moekernel.fused_moe"), "compile_config", fake_compile_config)
+    monkeypatch.setattr(importlib.import_module("moekernel.kernel.moe"), "compile_config", fake_compile_config)
     items = [(_cfg(bn), "both") for bn in (32, 64, 128, 256)]
     results = comp.compile_configs(SHAPE, 8, items, jobs=1)
     assert [r.status for r in results] == ["ok", "out_of_resources", "compile_error", "compile_error"]

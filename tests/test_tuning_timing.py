@@ -2,7 +2,7 @@
 
 import pytest
 
-from moekernel.tuning.timing import INTERPRET_MAX_ITERS, Timing, time_callable
+from moekernel.kernel.timing import INTERPRET_MAX_ITERS, Timing, time_callable
 
 
 def test_timing_from_samples_median_and_spread():

@@ -13,11 +13,11 @@ from triton.runtime.errors import OutOfResources
 import moekernel
 from moekernel.shapes import KernelShape
 from moekernel.tuning import COLUMNS, read_shard, tune
-from moekernel.tuning import tuner as tuner_mod
+from moekernel.tuning import measure as measure_mod
 from moekernel.tuning.shard import partial_path, to_frame
-from moekernel.tuning.tuner import kernels_mode
+from moekernel.backend import kernels_mode
 
-fused_moe = importlib.import_module("moekernel.fused_moe")  # the package attribute `fused_moe` is the function
+fused_moe = importlib.import_module("moekernel.kernel.moe")
 SHAPE = KernelShape(4, 64, 64, 2, "fp16")
 # 4 candidates survive at M=8; BLOCK_SIZE_M=32 rows are pruned (an expert never gets more than 8 tokens).
 SPACE = {"BLOCK_SIZE_M": [16, 32], "BLOCK_SIZE_N": [32, 64], "BLOCK_SIZE_K": [64], "GROUP_SIZE_M": [1],
@@ -175,7 +175,7 @@ def test_split_blames_the_wrong_half(monkeypatch):
 @interpreter_only
 def test_resume_after_a_kill(tmp_path, monkeypatch):
     out = tmp_path / "bs8.parquet"
-    monkeypatch.setattr(tuner_mod, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(measure_mod, "CHECKPOINT_EVERY", 1)
     seen = []
 
     def killed_at_third(inputs, config, gemm="both"):

@@ -7,11 +7,11 @@ so a reader can see why a config was never timed.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from ..heuristics import HOPPER_SMEM_BYTES, PARAMS
 from ..shapes import KernelShape
@@ -76,6 +76,24 @@ def config_str(config: Mapping[str, int]) -> str:
     return "M{} N{} K{} G{} w{} s{}".format(*config_id(config))
 
 
+class Candidate(NamedTuple):
+    """One thing the tuner times: a config (by its id) driving one gemm scope (both, up or down)."""
+
+    cid: tuple[int, ...]
+    gemm: str
+
+    @classmethod
+    def of(cls, config: Mapping[str, int], gemm: str) -> "Candidate":
+        return cls(config_id(config), gemm)
+
+    @property
+    def config(self) -> dict[str, int]:
+        return dict(zip(PARAMS, self.cid))
+
+    def __str__(self) -> str:
+        return f"{config_str(self.config)} ({self.gemm})"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Shared memory
 
@@ -99,9 +117,10 @@ def device_smem_limit(backend: str, device=None) -> int:
 
 
 def smem_bytes(shape: KernelShape, config: Mapping[str, int], gemm: str) -> int:
-    """The kernel's own estimate of one launch's shared memory (``moekernel.fused_moe.smem_bytes``)."""
-    fused_moe = importlib.import_module("moekernel.fused_moe")  # the package attribute of that name is the function
-    return int(fused_moe.smem_bytes(shape, dict(config), gemm))
+    """The kernel's own estimate of one launch's shared memory (``moekernel.kernel.moe.smem_bytes``)."""
+    from ..kernel.moe import smem_bytes as kernel_estimate
+
+    return int(kernel_estimate(shape, dict(config), gemm))
 
 
 # ---------------------------------------------------------------------------------------------------------------

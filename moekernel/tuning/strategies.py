@@ -1,6 +1,6 @@
 """Which candidates to time, and how often.
 
-A strategy sees candidates as ``(config_id, gemm)`` tuples arranged in groups that are ranked separately (one group
+A strategy sees candidates as ``(config_id, gemm)`` tuples (:class:`moekernel.tuning.space.Candidate`) arranged in groups that are ranked separately (one group
 for ``gemm=both``; one per gemm and BLOCK_SIZE_M in split mode, because the split winner is chosen per
 BLOCK_SIZE_M). It calls ``measure(candidates, iters)``, which compiles what it must, times, and returns each
 candidate's median in µs (None for a failure), and returns the finalists: the candidates timed in its last round,
@@ -20,9 +20,8 @@ import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
-from .space import PARAMS
+from .space import PARAMS, Candidate
 
-Candidate = tuple[tuple[int, ...], str]  # (config id, gemm)
 Measure = Callable[[Sequence[Candidate], int], Mapping[Candidate, float | None]]
 
 
@@ -83,28 +82,38 @@ def _near(point: tuple[int, ...], seeds: set[tuple[int, ...]], radius: int) -> b
     return any(sum(abs(a - b) for a, b in zip(point, s)) <= radius for s in seeds)
 
 
+#: Every strategy by name: the one list the CLI, the pipeline's config and the shard's ``strategy`` column use.
+#: A strategy is a frozen dataclass with ``explore`` and ``run``; its fields are the ``name:field=value`` options.
+STRATEGIES = {"fast": Fast, "exhaustive": Exhaustive}
+
+
 def get_strategy(spec: str | Exhaustive | Fast) -> Exhaustive | Fast:
     """``exhaustive``, ``fast``, or ``fast:eta=4,radius=3`` (``radius=none`` explores everything)."""
     if not isinstance(spec, str):
         return spec
     name, _, args = spec.partition(":")
-    if name == "exhaustive" and not args:
-        return Exhaustive()
-    if name != "fast":
-        raise ValueError(f"unknown strategy {spec!r}; use 'exhaustive', 'fast' or 'fast:eta=4,radius=2,...'")
-    known = {f.name for f in fields(Fast)}
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {spec!r}; known: {', '.join(STRATEGIES)} (with options as in "
+                         "fast:eta=4,radius=2)")
+    cls = STRATEGIES[name]
+    known = {f.name: f for f in fields(cls)}
     kwargs: dict[str, int | None] = {}
     for item in filter(None, args.split(",")):
         key, _, value = item.partition("=")
         if key not in known:
-            raise ValueError(f"unknown fast-strategy option {key!r}; known: {', '.join(sorted(known))}")
-        kwargs[key] = None if value.lower() == "none" and key == "radius" else int(value)
-    return Fast(**kwargs)
+            options = ", ".join(sorted(known)) or "none"
+            raise ValueError(f"unknown {name}-strategy option {key!r}; known: {options}")
+        optional = "None" in str(known[key].type)  # e.g. radius: int | None
+        try:
+            kwargs[key] = None if optional and value.lower() == "none" else int(value)
+        except ValueError:
+            raise ValueError(f"strategy {spec!r}: option {key} needs an integer, got {value!r}") from None
+    return cls(**kwargs)
 
 
 def describe(strategy: Exhaustive | Fast) -> str:
     """The text stored in the shard's ``strategy`` column: enough to rebuild the strategy."""
-    if isinstance(strategy, Exhaustive):
-        return "exhaustive"
-    changed = [f"{f.name}={getattr(strategy, f.name)}" for f in fields(Fast) if getattr(strategy, f.name) != f.default]
-    return "fast" + (":" + ",".join(changed) if changed else "")
+    name = next(n for n, cls in STRATEGIES.items() if isinstance(strategy, cls))
+    changed = [f"{f.name}={getattr(strategy, f.name)}" for f in fields(strategy)
+               if getattr(strategy, f.name) != f.default]
+    return name + (":" + ",".join(changed) if changed else "")

@@ -1,27 +1,28 @@
 """The pipeline's plan: validate config.yaml, resolve models to kernel keys, list the tune jobs.
 
 ``rules/common.smk`` calls :func:`make_plan` once while Snakemake parses the workflow. Everything a
-tune job's result depends on ends up in :attr:`Plan.settings`, which the tune rule passes as a
-param: Snakemake re-runs a job whose params changed, so changing search/timing settings or the
-kernel source re-runs exactly the affected tune jobs, and nothing else does.
+tune job's result depends on ends up in :attr:`Plan.settings` (a :class:`TuneSettings`) and
+:attr:`Plan.kernel_hash`, which the tune rule passes as params: Snakemake re-runs a job whose params
+changed, so changing search/timing settings or the kernel source re-runs exactly the affected tune
+jobs, and nothing else does. Planning needs neither torch nor triton.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jsonschema
 import yaml
 
 from moekernel.configs import config_file_name
 from moekernel.shapes import KernelShape
+from moekernel.tuning.settings import TuneSettings, canonical_space
+from moekernel.tuning.strategies import get_strategy
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema" / "config.schema.yaml"
 DEMO_MODEL = "demo"
 
 
@@ -89,18 +90,40 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}"
 
 
+def load_schema(schema_path: Path = SCHEMA_PATH) -> dict:
+    """The config schema, with the lists that code owns filled in (the dtypes of moekernel.models)."""
+    from moekernel.models import ALLOWED_DTYPES
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema["$defs"]["dtype"]["enum"] = list(ALLOWED_DTYPES)
+    return schema
+
+
 def load_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     """Return a validated deep copy of ``config`` with every default filled in, or raise ConfigError."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_schema(schema_path)
     config = copy.deepcopy(dict(config))
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
+    problems = [_describe(e) for e in errors] + _content_problems(config)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"invalid pipeline config:\n{lines}")
     # Mapping entries normalise to one form; strings keep the catalog/hub/folder name.
     config["models"] = [m if isinstance(m, dict) else {"name": m, "prefix": None, "trust_remote_code": False}
                         for m in config["models"]]
     return config
+
+
+def _content_problems(config: dict) -> list[str]:
+    """What the schema cannot check because code owns the list (strategies and their options)."""
+    problems = []
+    strategy = config.get("search", {}).get("strategy")
+    if isinstance(strategy, str):
+        try:
+            get_strategy(strategy)
+        except ValueError as exc:
+            problems.append(f"config key 'search.strategy': {exc}")
+    return problems
 
 
 # ---------------------------------------------------------------- the plan
@@ -112,14 +135,15 @@ class Plan:
     shapes: list[dict]                # rows of the `shapes` table
     keys: list[str]                   # unique kernel keys, in config order
     batch_sizes: list[int]
-    settings: dict                    # everything a tune job's result depends on, besides key and M
+    settings: TuneSettings            # everything a tune job's result depends on, besides key, M and the kernel
+    kernel_hash: str                  # the kernel sources' hash (moekernel.provenance)
     config: dict                      # the validated config, defaults filled in
     requested_keys: list[str] = field(default_factory=list)  # what a GPU would tune (shown in demo mode)
 
     @property
     def backend(self) -> str:
         """Resolved: cuda | interpret."""
-        return self.settings["backend"]
+        return self.settings.backend
 
     def shard(self, key: str, batch_size: int) -> str:
         return f"results/timings/{key}/bs{batch_size}.parquet"
@@ -127,14 +151,9 @@ class Plan:
     def shards(self) -> list[str]:
         return [self.shard(k, m) for k in self.keys for m in self.batch_sizes]
 
-    def tune_args(self) -> str:
-        """The tuner CLI options shared by every tune job (see docs/ARCHITECTURE.md)."""
-        s = self.settings
-        args = ["--strategy", s["strategy"], "--space", s["space"], "--iters", str(s["iters"]),
-                "--routing", s["routing"], "--seed", str(s["seed"]), "--backend", s["backend"]]
-        if s["split"]:
-            args.append("--split")
-        return shlex.join(args)
+    def meta(self) -> dict:
+        """The run's settings, for the database's ``meta`` table."""
+        return {"demo": self.demo, **self.settings.as_dict(), "kernel_hash": self.kernel_hash}
 
     def banner(self) -> str | None:
         if self.demo:
@@ -153,27 +172,12 @@ class Plan:
         return None
 
 
-def _space_arg(space: Any) -> str:
-    """The --space argument: a name as is, a mapping or JSON file as canonical JSON (so its content is tracked).
-
-    Checked here with the tuner's own reader, so a bad space stops the run before any job starts."""
-    from moekernel.tuning.space import load_space
-
-    if isinstance(space, str) and space.endswith(".json"):
-        path = Path(space)
-        if not path.is_file():
-            raise ConfigError(f"config key 'search.space': file {space!r} does not exist")
-        try:
-            space = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config key 'search.space': {space!r} is not valid JSON ({exc})") from None
+def _space_arg(space) -> str:
+    """The --space argument, checked now so a bad space stops the run before any job starts."""
     try:
-        load_space(space)
+        return canonical_space(space)
     except ValueError as exc:
         raise ConfigError(f"config key 'search.space': {exc}") from None
-    if isinstance(space, dict):
-        return json.dumps(space, sort_keys=True, separators=(",", ":"))
-    return space
 
 
 def routing_file(routing: str) -> str | None:
@@ -232,11 +236,11 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
     if kernel_shape is None:
         from moekernel.models import kernel_shape
     if kernel_hash is None:
-        # The tuner's own hash of the kernel sources (also stored in every shard row): a kernel change
-        # re-runs every tune job, a tuner-only change none.
-        from moekernel.tuning.tuner import kernel_hash as tuner_kernel_hash
+        # The hash of the kernel sources (also stored in every shard row): a kernel change re-runs every tune
+        # job, a tuner-only change none.
+        from moekernel.provenance import kernel_hash as source_hash
 
-        kernel_hash = tuner_kernel_hash()
+        kernel_hash = source_hash()
     baseline = config.get("baseline_configs")
     if baseline is not None and not Path(baseline).is_dir():
         raise ConfigError(f"config key 'baseline_configs': {baseline!r} is not a folder (a folder of engine config "
@@ -263,15 +267,10 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
         strategy, space, iters, batch_sizes = "exhaustive", _space_arg(d["space"]), d["iters"], list(d["batch_sizes"])
     keys = unique_keys(rows)
 
-    settings = {
-        "strategy": strategy,
-        "space": space,
-        "iters": iters,
-        "routing": config["routing"],
-        "seed": config["seed"],
-        "split": config["split"],
-        "backend": backend,
-        "kernel_hash": kernel_hash,
-    }
-    return Plan(demo=demo, shapes=rows, keys=keys, batch_sizes=sorted(batch_sizes),
-                settings=settings, config=config, requested_keys=requested)
+    try:
+        settings = TuneSettings(strategy=strategy, space=space, split=config["split"], iters=iters,
+                                routing=config["routing"], seed=config["seed"], backend=backend)
+    except ValueError as exc:  # everything was checked above; this names what slipped through
+        raise ConfigError(f"invalid tune settings: {exc}") from None
+    return Plan(demo=demo, shapes=rows, keys=keys, batch_sizes=sorted(batch_sizes), settings=settings,
+                kernel_hash=kernel_hash, config=config, requested_keys=requested)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..shapes import KernelShape
 from .quant import quantize_weights
 from .routing import fused_topk
-from .shapes import KernelShape
 
 
 @dataclass
@@ -39,7 +39,9 @@ class MoEInputs:
 
 
 def hidden_dtype(shape: KernelShape) -> torch.dtype:
-    return torch.float16 if shape.dtype == "fp16" else torch.bfloat16
+    from .quant import hidden_dtype as of_dtype
+
+    return of_dtype(shape.dtype)
 
 
 def _routing(shape: KernelShape, M: int, routing: str, gen: torch.Generator, device):

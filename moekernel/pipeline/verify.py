@@ -2,8 +2,8 @@
 
 For each batch size M the engine picks the file's entry nearest to M. That config (``tuned``), the
 kernel's own default (``default``) and, when given, an engine's shipped file (``baseline``) each run
-on the same inputs (:func:`moekernel.testing.make_inputs`); the output is compared with the float32
-reference and timed with the tuner's own helper (:mod:`moekernel.tuning.timing`), so the figures are
+on the same inputs (:func:`moekernel.kernel.testing.make_inputs`); the output is compared with the float32
+reference and timed with the tuner's own helper (:mod:`moekernel.kernel.timing`), so the figures are
 comparable with the tuning shards. Rows go to the database's ``comparisons`` table.
 
 In the Triton interpreter the timings are meaningless: rows say so in ``note``.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moekernel.database import COMPARISONS_SCHEMA
+from moekernel.pipeline.database import COMPARISONS_SCHEMA
 from moekernel.shapes import KernelShape
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def tuned_device(shards: list) -> str | None:
 
     Several devices (a mixed cluster): the one this job runs on if it is among them, else the first.
     """
-    from moekernel import configs, database
+    from moekernel import configs
+    from moekernel.pipeline import database
 
     con = database.open_shards(shards)
     devices = sorted({configs.engine_device_name(d) for (d,) in con.execute("SELECT DISTINCT device FROM timings").fetchall()})
@@ -60,17 +61,15 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
     ``device_name``: whose files to check (the device the key was tuned on, :func:`tuned_device`); the
     baseline folder is looked up under the same name.
     """
-    from moekernel import configs, testing
-    from moekernel.fused_moe import make_runner
-    from moekernel.reference import fused_experts_ref, relative_error
-    from moekernel.tuning.timing import time_callable
-    # The tuner's own bound: a winner it accepted passes here (and time_callable's default graph size is the
-    # tuner's, so times compare with the shards').
-    from moekernel.tuning.tuner import REL_ERROR_BOUND
+    from moekernel import configs, roofline
+    from moekernel.backend import torch_device
+    from moekernel.kernel import testing
+    from moekernel.kernel.moe import make_runner
+    from moekernel.kernel.reference import fused_experts_ref, relative_error
+    from moekernel.kernel.timing import time_callable  # the tuner's, with its graph size: times compare with shards'
 
     shape = KernelShape.from_key(key)
-    torch_device = "cuda" if backend == "cuda" else "cpu"
-    bound = REL_ERROR_BOUND[shape.dtype]
+    bound = shape.info.rel_error_bound  # the tuner's own bound: a winner it accepted passes here
     sources = {"tuned": load_file_configs(shape, config_dir, device_name)}
     if baseline_dir is not None:
         sources["baseline"] = load_file_configs(shape, baseline_dir, device_name)
@@ -78,8 +77,9 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
 
     rows = []
     for M in batch_sizes:
-        inputs = testing.make_inputs(shape, M, routing=routing, seed=seed, device=torch_device)
+        inputs = testing.make_inputs(shape, M, routing=routing, seed=seed, device=torch_device(backend))
         ref = fused_experts_ref(**inputs.kwargs())
+        at_m = {**base, "batch_size": M, "hit_experts": roofline.hit_experts(inputs.topk_ids, shape.E)}
         candidates = {"default": (configs.default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.dtype,
                                                          shape.block_shape), None)}
         for source, table in sources.items():
@@ -88,10 +88,10 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
                 candidates[source] = (table[m], m)
             else:
                 # A missing tuned file is a failure; a baseline folder without this shape is just no data.
-                rows.append({**base, "batch_size": M, "source": source, "ok": False if source == "tuned" else None,
+                rows.append({**at_m, "source": source, "ok": False if source == "tuned" else None,
                              "note": f"no {source} config file for device {device_name}"})
         for source, (config, config_m) in candidates.items():
-            row = {**base, "batch_size": M, "source": source, "config": json.dumps(config, sort_keys=True),
+            row = {**at_m, "source": source, "config": json.dumps(config, sort_keys=True),
                    "config_batch_size": config_m}
             try:
                 runner = make_runner(inputs, config)
@@ -108,4 +108,4 @@ def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *
         del inputs, ref
     return pd.DataFrame(rows, columns=COLUMNS).astype(
         {"batch_size": "int64", "config_batch_size": "Int64", "time_us": "float64", "rel_error": "float64",
-         "ok": "boolean"})
+         "ok": "boolean", "hit_experts": "Int64"})

@@ -13,13 +13,46 @@ from __future__ import annotations
 import torch
 import triton
 
-from .shapes import QUANT_DTYPES  # noqa: F401 - re-exported: the quantized dtypes, named in one place
+from ..dtypes import QuantMode
+from ..dtypes import info as dtype_info
 
 FP8_DTYPE = torch.float8_e4m3fn
 
 
 def storage_dtype(quant_dtype: str) -> torch.dtype:
-    return FP8_DTYPE if quant_dtype == "fp8_w8a8" else torch.int8
+    """The torch dtype quantized weights of ``quant_dtype`` are stored in (moekernel.dtypes names it)."""
+    return getattr(torch, dtype_info(quant_dtype).storage)
+
+
+def hidden_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a dtype's activations and output."""
+    return getattr(torch, dtype_info(dtype).hidden)
+
+
+def expected_scale_shape(mode: QuantMode, E: int, rows: int, cols: int, block_shape=None) -> tuple[int, ...]:
+    """The scale tensor of [E, rows, cols] weights in ``mode``, as :func:`quantize_weights` makes it."""
+    if mode == QuantMode.PER_TENSOR:
+        return (E,)
+    if mode == QuantMode.BLOCK:
+        bn, bk = block_shape
+        return (E, triton.cdiv(rows, bn), triton.cdiv(cols, bk))
+    if mode in (QuantMode.PER_CHANNEL, QuantMode.WEIGHT_ONLY):
+        return (E, rows)
+    raise ValueError(f"no weight scales in mode {mode!r}")
+
+
+def scale_strides(mode: QuantMode, a_scale, b_scale) -> tuple[int, int, int, int, int]:
+    """The GEMM kernel's (stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk) for each mode's scale layouts:
+    a_scale of the activations ([rows, groups] or a scalar), b_scale of the weights (:func:`expected_scale_shape`)."""
+    if mode == QuantMode.NONE:
+        return 0, 0, 0, 0, 0
+    if mode == QuantMode.PER_TENSOR:
+        return 0, 0, b_scale.stride(0), 0, 0
+    if mode == QuantMode.WEIGHT_ONLY:
+        return 0, 0, b_scale.stride(0), b_scale.stride(1), 0
+    if mode == QuantMode.PER_CHANNEL:
+        return a_scale.stride(0), 0, b_scale.stride(0), b_scale.stride(1), 0
+    return a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), b_scale.stride(2)
 
 
 def qmax(dtype: torch.dtype) -> float:
@@ -121,7 +154,7 @@ def quantize_weights(
         scale = (blocks.abs().amax(dim=(2, 4)) / qmax(dtype)).clamp_min(1e-10)
         q = _to_storage(blocks / scale[:, :, None, :, None], dtype).view(E, nr * bn, nc * bk)
         return q[:, :rows, :cols].contiguous(), scale
-    if per_channel or quant_dtype == "int8_w8a16":
+    if dtype_info(quant_dtype).mode(None, per_channel) in (QuantMode.PER_CHANNEL, QuantMode.WEIGHT_ONLY):
         scale = (wf.abs().amax(dim=2) / qmax(dtype)).clamp_min(1e-10)
         return _to_storage(wf / scale[:, :, None], dtype), scale
     scale = (wf.abs().amax(dim=(1, 2)) / qmax(dtype)).clamp_min(1e-10)

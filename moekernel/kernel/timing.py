@@ -51,7 +51,7 @@ def time_callable(
 
     ``warmup`` graph replays run untimed after one eager call (which loads, or compiles, the kernels: that must
     never happen inside a capture). Exceptions from ``fn`` propagate; a CUDA error may leave the context unusable
-    (see :mod:`moekernel.tuning.tuner`).
+    (see :mod:`moekernel.tuning.measure`).
     """
     if iters < 1 or calls_per_graph < 1:
         raise ValueError("iters and calls_per_graph must be >= 1")
@@ -108,3 +108,19 @@ def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int,
         except Exception:  # noqa: BLE001
             pass
     return Timing.from_samples(samples, first_call_s)
+
+
+def time_with_events(fn: Callable[[], object], iters: int, warmup: int = 3) -> Timing:
+    """For callables a CUDA graph cannot hold (they sync with the host): each call between its own pair of events."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, end in pairs:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return Timing.from_samples([s.elapsed_time(e) * 1e3 for s, e in pairs])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..dtypes import info as dtype_info
 from .quant import _to_storage, dequantize_weights, qmax, storage_dtype
 
 
@@ -19,7 +20,7 @@ def _round_to_storage(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _fake_quant(t: torch.Tensor, quant_dtype, scale, block_shape, per_channel) -> torch.Tensor:
     """What a w8a8 GEMM sees of activation t (float32 [rows, cols]): quantized, then scaled back."""
-    if quant_dtype not in ("fp8_w8a8", "int8_w8a8"):
+    if quant_dtype is None or not dtype_info(quant_dtype).quantizes_activations:
         return t
     dtype = storage_dtype(quant_dtype)
     rows, cols = t.shape

@@ -10,9 +10,10 @@ The lock folder is namespaced by host and SLURM job id: under the SLURM executor
 own allocation (and often sees its GPU as device 0), so jobs must not share a namespace; a whole
 Snakemake run inside one ``salloc`` shares one, as on a workstation.
 
-CLI (the tune rule's launcher)::
+The workflow's GPU jobs call :func:`pin_process` first thing (``moekernel.pipeline.jobs``). The same, for any
+command of your own::
 
-    python -m moekernel.gpus --pool /tmp/moekernel-gpu-locks -- python -m moekernel.tune ...
+    python -m moekernel.pipeline.gpus --pool /tmp/moekernel-gpu-locks -- python -m moekernel.tune ...
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def pin_process(root: str | os.PathLike, gpus: list[str] | None = None) -> str |
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m moekernel.gpus",
+    parser = argparse.ArgumentParser(prog="python -m moekernel.pipeline.gpus",
                                      description="run a command pinned to one free GPU of this machine")
     parser.add_argument("--pool", required=True, help="lock folder shared by the jobs of one run")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
@@ -124,9 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("no command given")
     gpu = pin_process(args.pool)
     if gpu is None:
-        sys.exit(f"moekernel.gpus: no CUDA device visible to this job on {socket.gethostname()} "
+        sys.exit(f"moekernel.pipeline.gpus: no CUDA device visible to this job on {socket.gethostname()} "
                  "(backend: cuda needs one; backend: auto falls back to the interpreter)")
-    print(f"[moekernel.gpus] {socket.gethostname()}: running on GPU {gpu}", file=sys.stderr, flush=True)
+    print(f"[moekernel.pipeline.gpus] {socket.gethostname()}: running on GPU {gpu}", file=sys.stderr, flush=True)
     os.execvp(command[0], command)  # the lock fd stays open in the command's process
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 from packaging.version import Version
 
-from moekernel import configs, database
+from moekernel import configs
+from moekernel.pipeline import database
 from moekernel.heuristics import PARAMS
 from moekernel.shapes import KernelShape
 

@@ -12,45 +12,20 @@ so a file tuned for vLLM's kernel puts the same tile footprint on this one.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import triton
 
+from ..backend import interpreted
+from ..configs import get_config
+from ..dtypes import QUANT_DTYPES, QuantMode
+from ..dtypes import info as dtype_info
+from ..heuristics import PARAMS, default_config
 from . import _kernels
-from .configs import get_config
-from .heuristics import PARAMS
-from .quant import QUANT_DTYPES, FP8_DTYPE, quantize_activations, quantize_per_tensor, storage_dtype
+from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
 from .routing import align_buffers, fused_topk, launch_align
 
 _OVERRIDES: list = []
-
-
-def interpreted() -> bool:
-    """True when the kernels run in Triton's CPU interpreter.
-
-    Triton fixes this when a kernel is defined (TRITON_INTERPRET=1 at import), so the kernel's type is the truth;
-    the variable's value later says nothing about the kernels already defined.
-    """
-    return type(_kernels._fused_moe_gemm).__name__ == "InterpretedFunction"
-
-
-_RESTARTED = "_MOEKERNEL_INTERPRETER_RESTART"
-
-
-def restart_in_interpreter(module: str) -> None:
-    """Run ``python -m module`` again, with the same arguments, under TRITON_INTERPRET=1.
-
-    ``python -m moekernel.X`` imports the package, and so defines the kernels, before X's main can set the
-    variable; a command that finds no GPU starts over instead. Raises if the restart did not take.
-    """
-    import sys
-
-    if os.environ.get(_RESTARTED):
-        raise RuntimeError("kernels still not in interpreter mode after setting TRITON_INTERPRET=1")
-    env = dict(os.environ, TRITON_INTERPRET="1", **{_RESTARTED: "1"})
-    sys.stdout.flush(), sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
 @contextlib.contextmanager
@@ -133,13 +108,13 @@ class _Spec:
         self.has_map = expert_map is not None
         self.scales = (w1_scale, w2_scale, a1_scale, a2_scale)
         self.mode = self._mode(w1, w2)
-        self.int_acc = quant_dtype == "int8_w8a8"
-        if self.mode in (_kernels.QUANT_PER_CHANNEL, _kernels.QUANT_BLOCK) and (a1_scale is not None or
-                                                                                 a2_scale is not None):
+        self.int_acc = quant_dtype is not None and dtype_info(quant_dtype).int_accumulate
+        if self.mode in (QuantMode.PER_CHANNEL, QuantMode.BLOCK) and (a1_scale is not None or
+                                                                       a2_scale is not None):
             raise ValueError("a1_scale/a2_scale are static per-tensor scales; per-channel and block-wise modes "
                              "quantize activations dynamically per token, so pass None")
 
-    def _mode(self, w1, w2) -> int:
+    def _mode(self, w1, w2) -> QuantMode:
         qd = self.quant_dtype
         if qd is None:
             if w1.dtype != self.dtype or w2.dtype != self.dtype:
@@ -149,8 +124,12 @@ class _Spec:
                 )
             if self.block_shape is not None or self.per_channel:
                 raise ValueError("block_shape and per_channel need a quant_dtype")
-            return _kernels.QUANT_NONE
-        if qd not in QUANT_DTYPES:
+            return QuantMode.NONE
+        try:
+            facts = dtype_info(qd)
+        except ValueError:
+            facts = None
+        if facts is None or not facts.quantized:
             raise ValueError(f"quant_dtype must be None or one of {', '.join(QUANT_DTYPES)}; got {qd!r}")
         want = storage_dtype(qd)
         if w1.dtype != want or w2.dtype != want:
@@ -158,24 +137,11 @@ class _Spec:
         w1_scale, w2_scale = self.scales[:2]
         if w1_scale is None or w2_scale is None:
             raise ValueError(f"{qd} needs w1_scale and w2_scale")
+        mode = facts.mode(self.block_shape, self.per_channel)
         E, N, K = self.E, self.N, self.K
-        if qd == "int8_w8a16":
-            if self.block_shape is not None or self.per_channel:
-                raise ValueError("int8_w8a16 uses per-output-channel weight scales; drop block_shape/per_channel")
-            self._expect(w1_scale, (E, 2 * N), "w1_scale"), self._expect(w2_scale, (E, K), "w2_scale")
-            return _kernels.QUANT_WEIGHT_ONLY
-        if self.block_shape is not None:
-            if self.per_channel:
-                raise ValueError("block_shape and per_channel exclude each other")
-            bn, bk = self.block_shape
-            self._expect(w1_scale, (E, triton.cdiv(2 * N, bn), triton.cdiv(K, bk)), "w1_scale")
-            self._expect(w2_scale, (E, triton.cdiv(K, bn), triton.cdiv(N, bk)), "w2_scale")
-            return _kernels.QUANT_BLOCK
-        if self.per_channel:
-            self._expect(w1_scale, (E, 2 * N), "w1_scale"), self._expect(w2_scale, (E, K), "w2_scale")
-            return _kernels.QUANT_PER_CHANNEL
-        self._expect(w1_scale, (E,), "w1_scale"), self._expect(w2_scale, (E,), "w2_scale")
-        return _kernels.QUANT_PER_TENSOR
+        self._expect(w1_scale, expected_scale_shape(mode, E, 2 * N, K, self.block_shape), "w1_scale")
+        self._expect(w2_scale, expected_scale_shape(mode, E, K, N, self.block_shape), "w2_scale")
+        return mode
 
     @staticmethod
     def _expect(t, shape, name):
@@ -185,7 +151,7 @@ class _Spec:
 
     def activation_quant(self, x, interpret):
         """Quantize a GEMM's A operand dynamically: per row and group (block), or per row (per-channel)."""
-        group_k = self.block_shape[1] if self.mode == _kernels.QUANT_BLOCK else None
+        group_k = self.block_shape[1] if self.mode == QuantMode.BLOCK else None
         return quantize_activations(x, self.quant_dtype, group_k=group_k, interpret=interpret)
 
 
@@ -213,26 +179,13 @@ class _Workspace:
         return self.amax[slot * _AMAX_STRIDE:slot * _AMAX_STRIDE + 1]
 
 
-def _scale_strides(mode, a_scale, b_scale):
-    """(stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk) for the scale layouts of each mode."""
-    if mode == _kernels.QUANT_NONE:
-        return 0, 0, 0, 0, 0
-    if mode == _kernels.QUANT_PER_TENSOR:
-        return 0, 0, b_scale.stride(0), 0, 0
-    if mode == _kernels.QUANT_WEIGHT_ONLY:
-        return 0, 0, b_scale.stride(0), b_scale.stride(1), 0
-    if mode == _kernels.QUANT_PER_CHANNEL:
-        return a_scale.stride(0), 0, b_scale.stride(0), b_scale.stride(1), 0
-    return a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), b_scale.stride(2)
-
-
 def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, interpret,
                  out_amax=False, warmup=False):
     bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if up:
         bn //= 2  # the tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each
     group_n = group_k = 1
-    if spec.mode == _kernels.QUANT_BLOCK:
+    if spec.mode == QuantMode.BLOCK:
         group_n, group_k = spec.block_shape
         if group_k % bk:
             raise ValueError(f"BLOCK_SIZE_K={bk} must divide the quantization block's k={group_k}")
@@ -241,11 +194,11 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
     args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post, ws.amax_slot(1),
             n_out, k_in, em, spec.M * spec.topk,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
-            *_scale_strides(spec.mode, a_scale, b_scale)]
+            *scale_strides(spec.mode, a_scale, b_scale)]
     meta = dict(
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
-        QUANT=spec.mode, GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
+        QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:
@@ -282,15 +235,15 @@ class _Call:
     @property
     def _dynamic_a2(self) -> bool:
         """The down GEMM's activation scale comes from the max the up GEMM gathers."""
-        return self.spec.mode == _kernels.QUANT_PER_TENSOR and self.spec.scales[3] is None
+        return self.spec.mode == QuantMode.PER_TENSOR and self.spec.scales[3] is None
 
     def _quantized(self, x, scale, warmup, slot):
-        if self.spec.mode in (_kernels.QUANT_NONE, _kernels.QUANT_WEIGHT_ONLY):
+        if self.spec.mode in (QuantMode.NONE, QuantMode.WEIGHT_ONLY):
             return x, None
         # For a warmup (shape-only 'meta' tensors) the torch path gives the dtypes, shapes and strides the
         # compile needs without launching anything.
         torch_path = self.interpret or warmup
-        if self.spec.mode == _kernels.QUANT_PER_TENSOR:
+        if self.spec.mode == QuantMode.PER_TENSOR:
             return quantize_per_tensor(x, self.spec.quant_dtype, scale=scale, amax=self.ws.amax_slot(slot),
                                        amax_ready=slot == 1, interpret=torch_path)
         return self.spec.activation_quant(x, torch_path)
@@ -377,7 +330,6 @@ def _scoped_config(config, gemm: str, kwargs: dict):
     alignment), so a down candidate that would not suit the up GEMM is still measured."""
     if gemm != "down" or (isinstance(config, dict) and "down" in config):
         return config
-    from .heuristics import default_config
 
     x, w2, ids = kwargs["hidden_states"], kwargs["w2"], kwargs["topk_ids"]
     up = default_config(x.shape[0], w2.shape[0], w2.shape[2], x.shape[1], ids.shape[1], kwargs["quant_dtype"],
@@ -417,8 +369,7 @@ def smem_bytes(shape, config, gemm: str = "both") -> int:
     prunes 27% of the engines' space on Hopper, the share that fails there. Deliberately not conservative:
     a candidate that still does not fit is recorded as out_of_resources, while one pruned wrongly would be lost.
     """
-    a_bytes = 1 if shape.dtype in ("fp8_w8a8", "int8_w8a8") else 2
-    b_bytes = 1 if shape.dtype in QUANT_DTYPES else 2
+    a_bytes, b_bytes = shape.info.act_bytes, shape.info.weight_bytes
 
     def need(cfg):
         bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
@@ -430,4 +381,4 @@ def smem_bytes(shape, config, gemm: str = "both") -> int:
 
 
 __all__ = ["fused_experts", "fused_moe", "override_config", "normalize_config", "make_runner", "compile_config",
-           "smem_bytes", "interpreted", "FP8_DTYPE"]
+           "smem_bytes"]

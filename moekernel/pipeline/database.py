@@ -45,11 +45,12 @@ VIEWS = {
         FROM shapes s JOIN winners w USING (key)""",
 }
 
-#: The comparisons table as verify writes it (moekernel.verify.COLUMNS keeps the same order).
+#: The comparisons table as verify writes it (moekernel.pipeline.verify.COLUMNS keeps the same order).
 COMPARISONS_SCHEMA = {
     "key": "VARCHAR", "batch_size": "BIGINT", "source": "VARCHAR", "time_us": "DOUBLE",
     "rel_error": "DOUBLE", "ok": "BOOLEAN", "config": "VARCHAR", "config_batch_size": "BIGINT",
     "device": "VARCHAR", "backend": "VARCHAR", "note": "VARCHAR",
+    "hit_experts": "BIGINT",  # experts the routing sent tokens to (what the roofline floor counts)
 }
 
 SHAPES_SCHEMA = {
@@ -108,5 +109,6 @@ def build(db_path, shards: list, shapes: list[dict], comparisons: list | None = 
 
 
 def _comparisons(files: list) -> pd.DataFrame:
+    # Columns by name: verify files written before a column was added still fit (its values null).
     frames = [df for df in map(pd.read_parquet, files) if len(df)]
-    return pd.concat(frames, ignore_index=True) if frames else []
+    return pd.concat(frames, ignore_index=True).reindex(columns=list(COMPARISONS_SCHEMA)) if frames else []

@@ -1,8 +1,8 @@
 """Plots for results/report/: speedup over the default config, and fraction of the roofline floor.
 
-The roofline floor of one fused-MoE call is max(bytes / bandwidth, flops / peak): the expert weights
-the batch touches (uniform routing: E·(1 − (1 − topk/E)^M) experts) plus activations in and out,
-against 6·M·topk·N·K flops. Peaks are per device; a device not in :data:`PEAKS` gets no roofline plot.
+The floor is :mod:`moekernel.roofline`'s, the benchmark's own model, with the ceilings it knows for the device
+(:data:`moekernel.roofline.KNOWN_CEILINGS`) and the experts verify saw the routing hit (the uniform-routing
+expectation where a row lacks them). A device without known ceilings gets no roofline plot.
 """
 
 from __future__ import annotations
@@ -12,32 +12,22 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from moekernel import roofline
 from moekernel.shapes import KernelShape
-
-#: Bandwidth (bytes/s) and dense matrix peaks (flop/s) by engine device name (spaces as '_').
-PEAKS = {
-    # Measured here (DESIGN.md, 2026-11-26): torch copy bandwidth and matmul throughput.
-    "NVIDIA_H200": {"bw": 4.2e12, "16bit": 797e12, "8bit": 1466e12},
-    # Datasheet figures (SXM), not measured: fractions against them read low.
-    "NVIDIA_H100_80GB_HBM3": {"bw": 3.35e12, "16bit": 989e12, "8bit": 1979e12},
-}
 
 INTERPRETER_TITLE = "Triton interpreter on CPU: timings meaningless"
 
 
-def roofline_floor_us(shape: KernelShape, M: int, device: str) -> float | None:
-    """The fastest one call could possibly be on ``device``, in microseconds (None: unknown device)."""
-    peaks = PEAKS.get(device)
-    if peaks is None:
+def roofline_floor_us(shape: KernelShape, M: int, device: str, hit: float | None = None) -> float | None:
+    """The fastest one call could possibly be on ``device``, in microseconds (None: unknown device).
+
+    ``hit``: experts the routing sent tokens to (None: the expected number under uniform routing)."""
+    ceilings = roofline.KNOWN_CEILINGS.get(device)
+    if ceilings is None:
         return None
-    w_bytes = 1 if shape.quant_dtype else 2
-    a_bytes = 1 if shape.dtype in ("fp8_w8a8", "int8_w8a8") else 2
-    experts = shape.E * (1 - (1 - min(shape.topk, shape.E) / shape.E) ** M)
-    weight_bytes = experts * 3 * shape.N * shape.K * w_bytes          # w1 [2N, K] and w2 [K, N] per expert
-    act_bytes = M * shape.K * (a_bytes + 2) + M * shape.topk * 3 * shape.N * 2  # x in, out, intermediates
-    flops = 6.0 * M * shape.topk * shape.N * shape.K
-    peak = peaks["8bit"] if a_bytes == 1 else peaks["16bit"]
-    return max((weight_bytes + act_bytes) / peaks["bw"], flops / peak) * 1e6
+    if hit is None or pd.isna(hit):
+        hit = roofline.expected_hit_experts(shape, M)
+    return roofline.floor_us(shape, M, hit, ceilings)
 
 
 def load_comparisons(db_path) -> pd.DataFrame:
@@ -93,7 +83,7 @@ def make_report(db_path, out_dir) -> dict[str, Path]:
     unknown = set()
     for (key, source, device), g in df.groupby(["key", "source", "device"]):
         shape = KernelShape.from_key(key)
-        floors = [roofline_floor_us(shape, int(m), device) for m in g["batch_size"]]
+        floors = [roofline_floor_us(shape, int(m), device, hit) for m, hit in zip(g["batch_size"], g["hit_experts"])]
         if None in floors:
             unknown.add(device)
             continue

@@ -1,4 +1,4 @@
-"""Private Triton kernels of the fused MoE. The public wrappers live in fused_moe.py and routing.py.
+"""Private Triton kernels of the fused MoE. The public wrappers live in moe.py, routing.py and quant.py.
 
 The GEMM kernel reads its rows through ``sorted_token_ids`` (tokens grouped by expert, each expert's run padded
 to BLOCK_SIZE_M), so one launch serves every expert. It never specialises on the batch size (``EM`` and
@@ -8,12 +8,13 @@ to BLOCK_SIZE_M), so one launch serves every expert. It never specialises on the
 import triton
 import triton.language as tl
 
-# Quantization modes of the GEMM kernel (constexpr QUANT).
-QUANT_NONE = 0
-QUANT_PER_TENSOR = 1  # w8a8, one scale per expert for w, one scalar for a
-QUANT_PER_CHANNEL = 2  # w8a8, one scale per output channel for w, one per row for a
-QUANT_BLOCK = 3  # w8a8, one scale per [group_n, group_k] block of w and per [row, group_k] of a
-QUANT_WEIGHT_ONLY = 4  # int8 weights with a per-output-channel scale, activations in 16 bit
+from ..dtypes import QuantMode
+
+# The GEMM's quantization modes (its constexpr QUANT), by name: see moekernel.dtypes.QuantMode.
+PER_TENSOR: tl.constexpr = tl.constexpr(int(QuantMode.PER_TENSOR))
+PER_CHANNEL: tl.constexpr = tl.constexpr(int(QuantMode.PER_CHANNEL))
+BLOCK: tl.constexpr = tl.constexpr(int(QuantMode.BLOCK))
+WEIGHT_ONLY: tl.constexpr = tl.constexpr(int(QuantMode.WEIGHT_ONLY))
 
 
 @triton.jit(do_not_specialize=["EM", "num_valid_tokens"])
@@ -74,7 +75,7 @@ def _fused_moe_gemm(
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
     if FUSE_SILU_MUL:
         acc2 = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
-    if QUANT == 3:
+    if QUANT == BLOCK:
         facc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
         if FUSE_SILU_MUL:
             facc2 = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
@@ -100,12 +101,12 @@ def _fused_moe_gemm(
             b = b.to(tl.float32)
             if FUSE_SILU_MUL:
                 b2 = b2.to(tl.float32)
-        elif QUANT == 4:
+        elif QUANT == WEIGHT_ONLY:
             # Weight-only int8: convert the tile to the activation dtype; the channel scale comes after.
             b = b.to(a.dtype)
             if FUSE_SILU_MUL:
                 b2 = b2.to(a.dtype)
-        if QUANT == 3:
+        if QUANT == BLOCK:
             # One quantization group per K step (GROUP_K is a multiple of BLOCK_SIZE_K): scale each partial dot.
             k_group = (k * BLOCK_SIZE_K) // GROUP_K
             a_s = tl.load(a_s_ptrs + k_group * stride_ask, mask=token_mask, other=0.0)
@@ -126,7 +127,7 @@ def _fused_moe_gemm(
             b2_ptrs += BLOCK_SIZE_K * stride_bk
 
     # Epilogue: dequantize, activation, routing weight, store.
-    if QUANT == 3:
+    if QUANT == BLOCK:
         out = facc
         if FUSE_SILU_MUL:
             out2 = facc2
@@ -134,17 +135,17 @@ def _fused_moe_gemm(
         out = acc.to(tl.float32)
         if FUSE_SILU_MUL:
             out2 = acc2.to(tl.float32)
-    if QUANT == 1:
+    if QUANT == PER_TENSOR:
         scale = tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
         out = out * scale
         if FUSE_SILU_MUL:
             out2 = out2 * scale
-    if QUANT == 2 or QUANT == 4:
+    if QUANT == PER_CHANNEL or QUANT == WEIGHT_ONLY:
         b_s = tl.load(b_scale_ptr + expert * stride_bse + offs_bn * stride_bsn)
         out = out * b_s[None, :]
         if FUSE_SILU_MUL:
             out2 = out2 * tl.load(b_scale_ptr + expert * stride_bse + (offs_bn + N) * stride_bsn)[None, :]
-        if QUANT == 2:
+        if QUANT == PER_CHANNEL:
             a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=token_mask, other=0.0)
             out = out * a_s[:, None]
             if FUSE_SILU_MUL:

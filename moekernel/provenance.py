@@ -1,0 +1,47 @@
+"""What a timing depends on besides its inputs: the kernel's source, and the software that compiled and ran it.
+
+Every shard row carries these (``kernel_hash``, ``triton_version``, ``torch_version``, ``moekernel_version``), and the
+pipeline plans with them, so timings of different kernel code or software are never mixed up. Nothing here imports
+torch or triton: a planning host needs neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+from pathlib import Path
+
+#: The sources a timing depends on: the kernel package's op, Triton code, alignment and quantization.
+KERNEL_SOURCES = ("_kernels.py", "moe.py", "routing.py", "quant.py")
+KERNEL_DIR = Path(__file__).resolve().parent / "kernel"
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_hash() -> str:
+    """Hash of the kernel sources, so timings of different kernel code are never mixed up."""
+    digest = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        path = KERNEL_DIR / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, without importing it (None if it is not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str]:
+    """The shard's version columns, from the imported modules (what really runs)."""
+    import torch
+    import triton
+
+    from . import __version__
+
+    return {"triton_version": triton.__version__, "torch_version": torch.__version__,
+            "moekernel_version": package_version("moekernel") or __version__}

@@ -1,0 +1,128 @@
+"""One tune job: a kernel shape at one batch size. Prune, explore, measure, select, write the shard."""
+
+from __future__ import annotations
+
+import sys
+import time
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from .. import provenance
+from ..configs import CPU_DEVICE
+from ..shapes import KernelShape
+from . import shard as shard_io
+from .compile import CompilePool
+from .measure import Measurements, now
+from .seeds import heuristic_seeds
+from .select import Checker, Selection
+from .settings import TuneSettings
+from .space import Candidate, config_str, device_smem_limit, prune
+from .strategies import Fast
+
+FAILED = ("out_of_resources", "compile_error", "runtime_error", "incorrect")
+
+
+class TuneJob:
+    """``settings.backend`` must be resolved (cuda or interpret) before a job is made."""
+
+    def __init__(self, shape: KernelShape, M: int, settings: TuneSettings, *, out=None, jobs: int | None = None,
+                 pool: CompilePool | None = None, progress: bool = True):
+        self.shape, self.M, self.settings = shape, M, settings
+        self.backend = settings.backend
+        self.device = "cuda" if self.backend == "cuda" else "cpu"
+        self.out = Path(out) if out is not None else None
+        self.progress = progress
+        self.meas = Measurements(self, {}, out=self.out, jobs=jobs, pool=pool, progress=progress)
+
+    @cached_property
+    def inputs(self):
+        from ..kernel import testing
+
+        s = self.settings
+        return testing.make_inputs(self.shape, self.M, routing=s.routing, seed=s.seed, device=self.device)
+
+    def base_row(self) -> dict:
+        s = self.shape
+        if self.backend == "cuda":
+            import torch
+
+            device = torch.cuda.get_device_name(self.device)
+        else:
+            device = CPU_DEVICE
+        return {
+            "key": s.key, "dtype": s.dtype, "E": s.E, "N": s.N, "K": s.K, "topk": s.topk,
+            "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
+            "batch_size": self.M, "status": "pruned", "time_us": None, "p20_us": None, "p80_us": None,
+            "iters": None, "compile_s": None, "error": None, "winner": False, "verified": False,
+            "device": device, "backend": self.backend, **provenance.versions(),
+            "kernel_hash": provenance.kernel_hash(), **self.settings.columns(), "timestamp": now(),
+        }  # fmt: skip
+
+    def candidates(self) -> dict:
+        """Rows for every (config, scope); returns the strategy's groups of the candidates that survive pruning."""
+        base = self.base_row()
+        limit = device_smem_limit(self.backend, self.device)
+        groups: dict = {}
+        for gemm in self.settings.scopes:
+            for config, reason in prune(self.shape, self.M, self.settings.search_space, gemm=gemm, smem_limit=limit):
+                cand = Candidate.of(config, gemm)
+                self.meas.rows[cand] = {**base, **config, "gemm": gemm, "error": reason}
+                if reason is None:
+                    # Split winners are chosen per BLOCK_SIZE_M, so each BLOCK_SIZE_M is ranked on its own.
+                    group = gemm if gemm == "both" else (gemm, config["BLOCK_SIZE_M"])
+                    groups.setdefault(group, []).append(cand)
+        return groups
+
+    def seeds(self, from_shards: set) -> set:
+        """Seeds from neighbouring shards, else (fast strategy only) the default rule's."""
+        if from_shards or not isinstance(self.settings.strategy_obj, Fast):
+            return set(from_shards)
+        return heuristic_seeds(self.shape, self.M, self.settings.search_space, self.settings.scopes)
+
+    def run(self, shard_seeds: set = frozenset()) -> pd.DataFrame:
+        """The whole job; ``shard_seeds``: the fast strategy's seeds from neighbouring shards (may be empty)."""
+        start = time.monotonic()
+        strategy, rows = self.settings.strategy_obj, self.meas.rows
+        groups = self.candidates()
+        survivors = {c for members in groups.values() for c in members}
+        # Every seed centres the search, even one pruned itself (say, as a duplicate launch); only the surviving
+        # ones are kept through the strategy's rounds.
+        seeds = self.seeds(shard_seeds)
+        explored, reason = strategy.explore(groups, seeds, self.settings.search_space)
+        seeds &= survivors
+        kept = {c for members in explored.values() for c in members}
+        for cand in survivors - kept:
+            rows[cand]["error"] = reason
+        self.meas.load_checkpoint()
+        for cand in kept:
+            rows[cand]["status"] = "ok"  # provisional: measuring sets the outcome before anyone reads it
+        try:
+            finalists = strategy.run(explored, self.meas, iters=self.settings.iters, seeds=seeds)
+            Selection(self.meas, Checker(self)).pick(finalists, split=self.settings.split)
+        except BaseException:
+            self.meas.checkpoint(force=True)
+            raise
+        table = shard_io.to_table(rows.values())
+        if self.out is not None:
+            shard_io.write_shard(self.out, table)
+            shard_io.partial_path(self.out).unlink(missing_ok=True)
+        frame = shard_io.to_frame(table)
+        frame.attrs["summary"] = self.summary(frame, time.monotonic() - start)
+        if self.progress:
+            print(frame.attrs["summary"], file=sys.stderr)
+        return frame
+
+    def summary(self, frame: pd.DataFrame, wall: float) -> str:
+        status = frame["status"]
+        failed = int(status.isin(FAILED).sum())
+        winners = frame[frame["winner"]]
+        if winners.empty:
+            best = "no winner"
+        else:
+            best = "; ".join(f"{r.gemm} {config_str(r._asdict())} {r.time_us:.1f} us"
+                             for r in winners.itertuples(index=False))
+        note = " [interpreter: times meaningless]" if self.backend == "interpret" else ""
+        return (f"{self.shape.key} M={self.M}: {len(frame)} candidates, {int((status == 'pruned').sum())} pruned, "
+                f"{failed} failed, {int((status == 'ok').sum())} ok; best {best}; {wall:.1f} s{note}")
