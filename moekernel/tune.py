@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: min(16, CPUs available)")
     p.add_argument("--seed-from", nargs="+", action="extend", default=[], metavar="SHARD",
                    help="shards of the same key at other batch sizes whose best configs seed the fast strategy")
+    p.add_argument("--seed-keys", metavar="DIR",
+                   help="a folder of other keys' shards (DIR/<key>/bs<M>.parquet): without --seed-from, the nearest "
+                        "key's shard at the same batch size seeds the fast strategy")
     p.add_argument("--compile-only", action="store_true",
                    help="only fill Triton's cache with the candidates of this batch size (of several, the largest; "
                         "give the shape's largest: its candidates include every smaller one's), so the shape's tune "
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     try:
         frames = tune_batch_sizes(args.key, args.batch_size, settings, out=args.out, jobs=args.jobs,
-                                  seed_from=args.seed_from, progress=not args.quiet)
+                                  seed_from=args.seed_from, seed_keys=args.seed_keys, progress=not args.quiet)
     except ContextPoisoned as exc:
         print(f"moekernel.tune: {exc}", file=sys.stderr)
         return EXIT_RESUME

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def hidden_dtype(shape: KernelShape) -> torch.dtype:
     return of_dtype(shape.dtype)
 
 
-def _routing(shape: KernelShape, M: int, routing: str, gen: torch.Generator, device):
+def _routing(shape: KernelShape, M: int, routing: str, gen: torch.Generator, device, offset: int = 0):
     E, topk = shape.E, shape.topk
     logits = torch.randn((M, E), generator=gen, device=device, dtype=torch.float32)
     if routing == "uniform":
@@ -58,14 +59,15 @@ def _routing(shape: KernelShape, M: int, routing: str, gen: torch.Generator, dev
         probs = 1.0 / torch.arange(1, E + 1, device=device, dtype=torch.float32) ** s
         ids = torch.multinomial(probs.expand(M, E), topk, replacement=False, generator=gen).to(torch.int32)
     else:
-        ids = load_recorded_ids(routing, M, shape).to(device)
+        ids = load_recorded_ids(routing, M, shape, offset).to(device)
     weights = torch.softmax(logits, dim=-1).gather(1, ids.long())
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return logits, weights, ids
 
 
-def load_recorded_ids(path, M: int, shape: KernelShape) -> torch.Tensor:
-    """Top-k ids recorded from a real run ([tokens, topk], .npy or .pt); rows are reused cyclically to fill M."""
+def load_recorded_ids(path, M: int, shape: KernelShape, offset: int = 0) -> torch.Tensor:
+    """Top-k ids recorded from a real run ([tokens, topk], .npy or .pt); rows are taken cyclically from ``offset``
+    to fill M."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"routing: {path} is neither 'uniform', 'zipf:<s>' nor an existing .npy/.pt file of top-k ids")
@@ -75,8 +77,9 @@ def load_recorded_ids(path, M: int, shape: KernelShape) -> torch.Tensor:
         raise ValueError(f"{path}: expected top-k ids of shape [tokens, {shape.topk}], got {list(ids.shape)}")
     if int(ids.min()) < 0 or int(ids.max()) >= shape.E:
         raise ValueError(f"{path}: expert ids must lie in 0..{shape.E - 1}")
-    reps = -(-M // ids.shape[0])
-    return ids.repeat(reps, 1)[:M].contiguous()
+    start = offset % ids.shape[0]
+    reps = -(-(start + M) // ids.shape[0])
+    return ids.repeat(reps, 1)[start:start + M].contiguous()
 
 
 def make_inputs(shape: KernelShape, M: int, *, routing: str = "uniform", seed: int = 0, device=None) -> MoEInputs:
@@ -102,6 +105,25 @@ def make_inputs(shape: KernelShape, M: int, *, routing: str = "uniform", seed: i
         inputs.w2, inputs.w2_scale = quantize_weights(w2, shape.quant_dtype, block_shape=shape.block_shape,
                                                       per_channel=shape.per_channel)
     return inputs
+
+
+#: Routing draws of one (shape, M, seed): the tuner times its finalists on draws 0..draws-1 (draw 0 is make_inputs'
+#: own); verify re-times the winners on draws from HELD_OUT_DRAW on, which the tuner never sees.
+HELD_OUT_DRAW = 1000
+
+
+def redraw(inputs: MoEInputs, shape: KernelShape, M: int, *, routing: str = "uniform", seed: int = 0,
+           draw: int = 1) -> MoEInputs:
+    """The same activations and weights with routing draw ``draw`` (0: the inputs as make_inputs made them).
+
+    Each draw has its own generator, so a draw is the same on any machine; recorded ids are read from another
+    offset per draw."""
+    if draw == 0:
+        return inputs
+    device = inputs.hidden_states.device
+    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + draw)
+    logits, weights, ids = _routing(shape, M, routing, gen, device, offset=draw * M)
+    return dataclasses.replace(inputs, topk_weights=weights, topk_ids=ids, gating_output=logits)
 
 
 def meta_inputs(shape: KernelShape, M: int) -> MoEInputs:

@@ -22,14 +22,18 @@ from .space import Candidate, config_str, device_smem_limit, prune
 from .strategies import Fast
 
 FAILED = ("out_of_resources", "compile_error", "runtime_error", "incorrect")
+#: Finalists per group timed on every routing draw; the winner is one of them.
+ROBUST_TOP = 4
 
 
 class TuneJob:
     """``settings.backend`` must be resolved (cuda or interpret) before a job is made."""
 
     def __init__(self, shape: KernelShape, M: int, settings: TuneSettings, *, out=None, jobs: int | None = None,
-                 pool: CompilePool | None = None, progress: bool = True):
+                 pool: CompilePool | None = None, progress: bool = True, seeds: set = frozenset(),
+                 seeded_from: str | None = None):
         self.shape, self.M, self.settings = shape, M, settings
+        self.shard_seeds, self.seeded_from = set(seeds), seeded_from
         self.backend = settings.backend
         self.device = "cuda" if self.backend == "cuda" else "cpu"
         self.out = Path(out) if out is not None else None
@@ -43,6 +47,18 @@ class TuneJob:
         s = self.settings
         return testing.make_inputs(self.shape, self.M, routing=s.routing, seed=s.seed, device=self.device)
 
+    def draw_inputs(self, draw: int):
+        """The job's inputs with routing draw ``draw`` (0: :attr:`inputs`); one draw's kept at a time."""
+        if draw == 0:
+            return self.inputs
+        if getattr(self, "_draw", (None,))[0] != draw:
+            from ..kernel import testing
+
+            s = self.settings
+            self._draw = (draw, testing.redraw(self.inputs, self.shape, self.M, routing=s.routing, seed=s.seed,
+                                               draw=draw))
+        return self._draw[1]
+
     def base_row(self) -> dict:
         s = self.shape
         if self.backend == "cuda":
@@ -55,10 +71,15 @@ class TuneJob:
             "key": s.key, "dtype": s.dtype, "E": s.E, "N": s.N, "K": s.K, "topk": s.topk,
             "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
             "batch_size": self.M, "status": "pruned", "time_us": None, "p20_us": None, "p80_us": None,
-            "iters": None, "compile_s": None, "error": None, "winner": False, "verified": False,
-            "device": device, "backend": self.backend, **provenance.versions(),
-            "kernel_hash": provenance.kernel_hash(), **self.settings.columns(), "timestamp": now(),
+            "iters": None, "compile_s": None, "draw_us": None, "mean_us": None, "worst_us": None, "error": None,
+            "winner": False, "verified": False, "device": device, "backend": self.backend, **provenance.versions(),
+            "kernel_hash": provenance.kernel_hash(), **self.settings.columns(), "seeded_from": self.seeded_from,
+            "timestamp": now(),
         }  # fmt: skip
+
+    def identity(self) -> dict:
+        """Which job this is, as the shard records it (:func:`moekernel.tuning.shard.identity`)."""
+        return shard_io.identity(self.base_row())
 
     def candidates(self) -> dict:
         """Rows for every (config, scope); returns the strategy's groups of the candidates that survive pruning."""
@@ -75,21 +96,30 @@ class TuneJob:
                     groups.setdefault(group, []).append(cand)
         return groups
 
-    def seeds(self, from_shards: set) -> set:
-        """Seeds from neighbouring shards, else (fast strategy only) the default rule's."""
-        if from_shards or not isinstance(self.settings.strategy_obj, Fast):
-            return set(from_shards)
+    def seeds(self) -> set:
+        """Seeds from shards already measured (``seeds``), else (fast strategy only) the default rule's."""
+        if self.shard_seeds or not isinstance(self.settings.strategy_obj, Fast):
+            return set(self.shard_seeds)
         return heuristic_seeds(self.shape, self.M, self.settings.search_space, self.settings.scopes)
 
-    def run(self, shard_seeds: set = frozenset()) -> pd.DataFrame:
-        """The whole job; ``shard_seeds``: the fast strategy's seeds from neighbouring shards (may be empty)."""
+    def robust_finalists(self, groups: dict, finalists) -> list[Candidate]:
+        """The best :data:`ROBUST_TOP` finalists of each group: those timed on every routing draw."""
+        group_of = {c: g for g, members in groups.items() for c in members}
+        ranked: dict = {}
+        timed = [c for c in finalists if self.meas.rows[c]["status"] == "ok" and self.meas.rows[c]["time_us"] is not None]
+        for cand in sorted(timed, key=lambda c: self.meas.rows[c]["time_us"]):
+            ranked.setdefault(group_of.get(cand), []).append(cand)
+        return [c for members in ranked.values() for c in members[:ROBUST_TOP]]
+
+    def run(self) -> pd.DataFrame:
+        """The whole job: prune, explore, measure, time the finalists on every draw, select, write."""
         start = time.monotonic()
         strategy, rows = self.settings.strategy_obj, self.meas.rows
         groups = self.candidates()
         survivors = {c for members in groups.values() for c in members}
         # Every seed centres the search, even one pruned itself (say, as a duplicate launch); only the surviving
         # ones are kept through the strategy's rounds.
-        seeds = self.seeds(shard_seeds)
+        seeds = self.seeds()
         explored, reason = strategy.explore(groups, seeds, self.settings.search_space)
         seeds &= survivors
         kept = {c for members in explored.values() for c in members}
@@ -100,7 +130,9 @@ class TuneJob:
             rows[cand]["status"] = "ok"  # provisional: measuring sets the outcome before anyone reads it
         try:
             finalists = strategy.run(explored, self.meas, iters=self.settings.iters, seeds=seeds)
-            Selection(self.meas, Checker(self)).pick(finalists, split=self.settings.split)
+            robust = self.robust_finalists(explored, finalists)
+            self.meas.time_draws(robust)
+            Selection(self.meas, Checker(self)).pick(robust, split=self.settings.split)
         except BaseException:
             self.meas.checkpoint(force=True)
             raise
@@ -121,8 +153,9 @@ class TuneJob:
         if winners.empty:
             best = "no winner"
         else:
-            best = "; ".join(f"{r.gemm} {config_str(r._asdict())} {r.time_us:.1f} us"
-                             for r in winners.itertuples(index=False))
+            best = "; ".join(f"{r.gemm} {config_str(r._asdict())} {r.time_us:.1f} us" + (
+                f" (mean {r.mean_us:.1f}, worst {r.worst_us:.1f} over {len(r.draw_us)} draws)"
+                if r.draw_us is not None and len(r.draw_us) > 1 else "") for r in winners.itertuples(index=False))
         note = " [interpreter: times meaningless]" if self.backend == "interpret" else ""
         return (f"{self.shape.key} M={self.M}: {len(frame)} candidates, {int((status == 'pruned').sum())} pruned, "
                 f"{failed} failed, {int((status == 'ok').sum())} ok; best {best}; {wall:.1f} s{note}")

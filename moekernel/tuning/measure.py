@@ -118,28 +118,56 @@ class Measurements:
 
     def fail(self, cand: Candidate, status: str, error: str) -> None:
         self.rows[cand].update(status=status, error=error, time_us=None, p20_us=None, p80_us=None, iters=None,
-                               timestamp=now())
+                               draw_us=None, mean_us=None, worst_us=None, timestamp=now())
         self.measured.add(cand)
 
-    def _time(self, cand: Candidate, iters: int) -> None:
+    def time_draws(self, cands: Sequence[Candidate]) -> None:
+        """Time ``cands`` (already timed on draw 0, with full iters) on the job's other routing draws too; each row
+        gets ``draw_us`` (one median per draw), ``mean_us`` and ``worst_us``."""
+        draws = self.job.settings.draws
+        todo = [c for c in cands if self.rows[c]["status"] == "ok" and len(self.rows[c]["draw_us"] or ()) < draws]
+        from tqdm import tqdm
+
+        for cand in tqdm(todo, desc=f"{draws} draws", unit="cfg", file=sys.stderr, disable=not self.progress or not todo,
+                         leave=False):
+            row = self.rows[cand]
+            times = [row["time_us"]]
+            for draw in range(1, draws):
+                t = self._time(cand, self.job.settings.iters, draw=draw)
+                if t is None:
+                    break  # failed on this draw: the row says why
+                times.append(t.median_us)
+            else:
+                row.update(draw_us=times, mean_us=sum(times) / len(times), worst_us=max(times))
+                self.measured.add(cand)
+            self._since_checkpoint += 1
+            self.checkpoint()
+        self.checkpoint(force=True)
+
+    def _time(self, cand: Candidate, iters: int, draw: int = 0):
+        """Time one candidate on one routing draw; draw 0 fills its row, and a failure on any draw does too.
+        Returns the Timing, or None if it failed."""
         from ..kernel.moe import make_runner
         from ..kernel.timing import time_callable
 
         job = self.job
         runner = None
         try:
-            runner = make_runner(job.inputs, cand.config, gemm=cand.gemm)
+            runner = make_runner(job.draw_inputs(draw), cand.config, gemm=cand.gemm)
             # A screening round (fewer iterations than the final one) needs less settling than the final.
             warmup = 2 if iters >= job.settings.iters else 1
             t = time_callable(runner, iters=iters, warmup=warmup, backend=job.backend)
         except Exception as exc:  # noqa: BLE001 - any failure of one config is that config's row
-            self.fail(cand, classify_error(exc, "runtime_error"), error_text(exc))
+            where = f" (routing draw {draw})" if draw else ""
+            self.fail(cand, classify_error(exc, "runtime_error"), error_text(exc) + where)
             del runner
             self.check_context(cand)
-            return
+            return None
         del runner
+        if draw:
+            return t
         self.rows[cand].update(status="ok", error=None, time_us=t.median_us, p20_us=t.p20_us, p80_us=t.p80_us,
-                               iters=t.iters, timestamp=now())
+                               iters=t.iters, draw_us=None, mean_us=None, worst_us=None, timestamp=now())
         self.measured.add(cand)
         if job.backend == "cuda" and (t.first_call_s or 0) > SLOW_FIRST_CALL_S:
             # Once per process is expected (kernels that do not depend on the config, e.g. the fp8 activation
@@ -149,6 +177,7 @@ class Measurements:
                 log.warning("first launch of precompiled %s took %.1f s: compile_config did not fill the cache "
                             "entry the launch uses, so compiling happens here, one config at a time",
                             cand, t.first_call_s)
+        return t
 
     def check_context(self, cand: Candidate) -> None:
         exc = context_error(self.job.backend)

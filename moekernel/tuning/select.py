@@ -1,7 +1,11 @@
-"""Choosing a job's winner: the fastest finalists, checked against the float32 reference until one passes.
+"""Choosing a job's winner: the best finalists over the routing draws, checked against the float32 reference.
 
-A winner must compute the right answer: the best :data:`VERIFY_TOP` finalists run the whole op against the
-reference (split jobs: the best up/down pair of each BLOCK_SIZE_M), and a config that fails becomes ``incorrect``.
+The finalists are timed on several routing draws (``draw_us``). With 24 tokens per expert on average, a config
+tuned on one draw can depend on whether one expert drew more than BLOCK_SIZE_M tokens in that sample, so a
+finalist is ranked by both its mean and its worst draw: its score is the larger of mean / best mean and worst /
+best worst among its group (:func:`robust_scores`), lowest wins. A winner must also compute the right answer: the
+best :data:`VERIFY_TOP` run the whole op against the reference (split jobs: the best up/down pair of each
+BLOCK_SIZE_M), and a config that fails becomes ``incorrect``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,17 @@ class Checker:
         return err <= bound, f"relative error {err:.3g} vs reference (bound {bound:g} for {job.shape.dtype})"
 
 
+def robust_scores(rows: dict) -> dict:
+    """{candidate: score} over the rows timed on every draw (``mean_us``/``worst_us`` set): max(mean / best mean,
+    worst / best worst); 1.0 is best on both counts."""
+    timed = {c: r for c, r in rows.items() if r.get("mean_us") is not None and r.get("worst_us") is not None}
+    if not timed:
+        return {}
+    best_mean = min(r["mean_us"] for r in timed.values())
+    best_worst = min(r["worst_us"] for r in timed.values())
+    return {c: max(r["mean_us"] / best_mean, r["worst_us"] / best_worst) for c, r in timed.items()}
+
+
 class Selection:
     """Marks the winner rows of a job's :class:`Measurements`."""
 
@@ -51,9 +66,15 @@ class Selection:
         self.meas, self.rows, self.check = meas, meas.rows, check
 
     def ordered(self, cands: Iterable[Candidate], finalists: set) -> list[Candidate]:
-        """ok candidates, fastest first: finalists (comparable times), then the rest as a fallback."""
+        """ok candidates, best first: finalists by their score over the draws, then the rest by time (a fallback)."""
         ok = [c for c in cands if self.rows[c]["status"] == "ok" and self.rows[c]["time_us"] is not None]
-        return sorted(ok, key=lambda c: (c not in finalists, self.rows[c]["time_us"]))
+        scores = robust_scores({c: self.rows[c] for c in ok if c in finalists})
+        return sorted(ok, key=lambda c: (c not in finalists, scores.get(c, float("inf")),
+                                         self.rows[c]["mean_us"] or self.rows[c]["time_us"], self.rows[c]["time_us"]))
+
+    def cost(self, cand: Candidate) -> float:
+        """What a candidate costs in a split pair: its mean over the draws where it has one, else its time."""
+        return self.rows[cand]["mean_us"] or self.rows[cand]["time_us"]
 
     def passes(self, cand: Candidate) -> bool:
         row = self.rows[cand]
@@ -91,7 +112,7 @@ class Selection:
                 ups = self.ordered((c for c in self.rows if c.gemm == "up" and c.cid[0] == bm), finalists)
                 downs = self.ordered((c for c in self.rows if c.gemm == "down" and c.cid[0] == bm), finalists)
                 if ups and downs:
-                    best[bm] = (self.rows[ups[0]]["time_us"] + self.rows[downs[0]]["time_us"], ups, downs)
+                    best[bm] = (self.cost(ups[0]) + self.cost(downs[0]), ups, downs)
             if not best:
                 break
             _, ups, downs = min(best.values(), key=lambda v: v[0])

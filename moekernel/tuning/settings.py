@@ -20,6 +20,9 @@ from ..backend import BACKENDS
 from .space import load_space
 from .strategies import describe, get_strategy
 
+#: Draws the tuner may use; verify's held-out draws start above (moekernel.kernel.testing.HELD_OUT_DRAW).
+MAX_DRAWS = 100
+
 
 @dataclass(frozen=True)
 class TuneSettings:
@@ -27,6 +30,7 @@ class TuneSettings:
     space: str = "vllm"  # 'vllm', a JSON object, or a JSON file (a mapping is kept as canonical JSON text)
     split: bool = False  # tune the up and down GEMMs separately (winners share BLOCK_SIZE_M)
     iters: int = 20  # CUDA-graph replays per finalist
+    draws: int = 3  # routing draws the finalists are timed on; the winner is best by mean and worst case
     routing: str = "uniform"  # uniform, zipf:<s>, or a .npy/.pt file of recorded top-k ids
     seed: int = 0  # seed of the random inputs
     backend: str = "auto"  # auto, cuda or interpret
@@ -34,8 +38,10 @@ class TuneSettings:
     def __post_init__(self):
         if isinstance(self.space, Mapping):
             object.__setattr__(self, "space", canonical_space(self.space))
-        if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1:
-            raise ValueError(f"iters must be an integer >= 1, got {self.iters!r}")
+        for name, low, high in (("iters", 1, None), ("draws", 1, MAX_DRAWS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+                raise ValueError(f"{name} must be an integer in {low}..{high or 'any'}, got {value!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be {', '.join(BACKENDS)}; got {self.backend!r}")
         self.strategy_obj, self.search_space  # noqa: B018 - a bad strategy or space fails here, not mid-job
@@ -62,7 +68,8 @@ class TuneSettings:
 
     def columns(self) -> dict:
         """The shard columns these settings fill (besides the resolved ``backend``)."""
-        return {"routing": str(self.routing), "strategy": describe(self.strategy_obj), "seed": self.seed}
+        return {"routing": str(self.routing), "strategy": describe(self.strategy_obj), "seed": self.seed,
+                "settings": json.dumps(self.as_dict(), sort_keys=True)}
 
     # -- the command line: the one place that maps fields to options ------------------------------------------
 
@@ -71,6 +78,7 @@ class TuneSettings:
         "space": "'vllm', or a JSON object / file of parameter -> values",
         "split": "tune the up and down GEMMs separately",
         "iters": "CUDA-graph replays timed per finalist",
+        "draws": "routing draws each finalist is timed on (1: the tuning draw only)",
         "routing": "uniform, zipf:<s>, or a .npy/.pt file of top-k ids",
         "seed": "seed of the random inputs",
         "backend": "auto (CUDA if there is a GPU), cuda or interpret",

@@ -4,12 +4,18 @@ The schema is fixed here (see docs/ARCHITECTURE.md); the database builds its ``t
 column change is a change there too. Shards are written under a temporary name and renamed: a shard that exists
 is complete. A running job also keeps a checkpoint beside the shard (:func:`partial_path`) from which a killed job
 resumes; its name does not end in ``.parquet`` so globbing shards never picks it up.
+
+A shard answers one tune job: its :func:`identity` (settings, kernel source, software, device) says which. A shard
+of another identity at the same path (a newer Triton, an edited kernel, other settings) is never overwritten: it is
+moved to ``superseded/`` beside it (:func:`supersede`) and stays in the database, marked by its versions.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -28,9 +34,13 @@ SCHEMA = pa.schema(
     + [(name, _int) for name in PARAMS]
     + [("gemm", _str), ("status", _str)]
     + [("time_us", _float), ("p20_us", _float), ("p80_us", _float), ("iters", _int), ("compile_s", _float)]
+    # Finalists re-timed on several routing draws (draw 0 is time_us's): per-draw medians, their mean and worst.
+    + [("draw_us", pa.list_(_float)), ("mean_us", _float), ("worst_us", _float)]
     + [("error", _str), ("winner", _bool), ("verified", _bool)]
     + [(name, _str) for name in ("device", "backend", "triton_version", "torch_version", "moekernel_version")]
     + [("kernel_hash", _str), ("routing", _str), ("strategy", _str), ("seed", _int)]
+    + [("settings", _str)]  # the job's TuneSettings as JSON (moekernel.tuning.settings)
+    + [("seeded_from", _str)]  # where the fast search started: another key's shard, --seed-from shards, or null
     + [("timestamp", pa.timestamp("us", tz="UTC"))]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -39,6 +49,8 @@ COLUMNS = tuple(SCHEMA.names)
 RESUME_COLUMNS = (
     "key", "batch_size", "routing", "seed", "backend", "device", "triton_version", "torch_version", "kernel_hash",
 )  # fmt: skip
+#: Columns that say which job a finished shard answers: what a timing depends on, and the job's settings.
+IDENTITY_COLUMNS = (*RESUME_COLUMNS, "settings")
 
 
 def to_table(rows: Iterable[Mapping]) -> pa.Table:
@@ -76,12 +88,20 @@ def write_shard(path: str | os.PathLike, rows: Iterable[Mapping] | pa.Table) -> 
     return path
 
 
+#: Columns a shard written before they existed lacks; read back as nulls.
+ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from")
+
+
 def read_shard(path: str | os.PathLike) -> pa.Table:
-    """A shard, checked against :data:`SCHEMA` (same names, order and types)."""
+    """A shard, as :data:`SCHEMA` (an older shard's missing :data:`ADDED_COLUMNS` are nulls)."""
     table = pq.read_table(path)
-    if table.schema.names != list(COLUMNS):
-        raise ValueError(f"{path}: columns {table.schema.names} are not the shard schema")
-    return table.cast(SCHEMA)
+    names = table.schema.names
+    if [c for c in COLUMNS if c in names] != names or set(COLUMNS) - set(names) - set(ADDED_COLUMNS):
+        raise ValueError(f"{path}: columns {names} are not the shard schema")
+    for column in COLUMNS:
+        if column not in names:
+            table = table.append_column(column, pa.nulls(table.num_rows, SCHEMA.field(column).type))
+    return table.select(list(COLUMNS)).cast(SCHEMA)
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -105,3 +125,47 @@ def load_checkpoint(path: str | os.PathLike, settings: Mapping) -> dict[tuple, d
             continue
         reusable[(tuple(row[p] for p in PARAMS), row["gemm"])] = row
     return reusable
+
+
+def identity(row: Mapping) -> dict:
+    """The :data:`IDENTITY_COLUMNS` of a shard row (every row of one shard shares them)."""
+    return {c: row.get(c) for c in IDENTITY_COLUMNS}
+
+
+def shard_identity(path: str | os.PathLike) -> dict | None:
+    """The identity of the shard at ``path``, or None if it cannot be read as a shard."""
+    try:
+        table = read_shard(path)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    if table.num_rows == 0:
+        return None
+    return identity(table.slice(0, 1).to_pylist()[0])
+
+
+def identity_change(old: Mapping | None, new: Mapping) -> str:
+    """Why a shard of identity ``old`` does not answer the job ``new``, in words."""
+    if old is None:
+        return "not readable as a shard"
+    changed = [f"{c} {old.get(c)!r} -> {new.get(c)!r}" for c in IDENTITY_COLUMNS if old.get(c) != new.get(c)]
+    return "; ".join(changed) or "same job"
+
+
+def supersede(path: str | os.PathLike, reason: str) -> Path:
+    """Move a finished shard out of the way, kept: ``superseded/<name>.<UTC time>.parquet`` beside it (a file that is
+    not a readable shard: ``.corrupt``), with a ``.why`` note. The database still reads the shards there (their rows
+    carry their versions)."""
+    path = Path(path)
+    folder = path.parent / "superseded"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    suffix = ".parquet" if shard_identity(path) is not None else ".corrupt"
+    target = folder / f"{path.stem}.{stamp}{suffix}"
+    os.replace(path, target)
+    target.with_suffix(".why").write_text(json.dumps({"was": str(path), "reason": reason}) + "\n")
+    return target
+
+
+def superseded_shards(folder: str | os.PathLike) -> list[Path]:
+    """The shards once at ``folder`` that newer jobs replaced (:func:`supersede`)."""
+    return sorted((Path(folder) / "superseded").glob("*.parquet"))

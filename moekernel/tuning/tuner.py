@@ -18,7 +18,7 @@ from ..shapes import KernelShape
 from . import shard as shard_io
 from .compile import CompilePool, compile_configs, default_jobs
 from .job import TuneJob
-from .seeds import seeds_from_shard
+from .seeds import nearest_key_shard, seeds_from_other_key, seeds_from_shard
 from .settings import TuneSettings
 from .space import PARAMS, device_smem_limit, prune
 
@@ -31,29 +31,33 @@ def _settings(settings: TuneSettings | None, overrides: dict) -> TuneSettings:
 
 def tune(shape: KernelShape | str, batch_size: int, settings: TuneSettings | None = None, *,
          out: str | os.PathLike | None = None, jobs: int | None = None, seed_from: Iterable = (),
-         progress: bool = True, **overrides) -> pd.DataFrame:
+         seed_keys: str | os.PathLike | None = None, progress: bool = True, **overrides) -> pd.DataFrame:
     """Tune ``shape`` at ``batch_size``; one row per candidate and gemm scope (the shard's schema).
 
     ``out``: write the shard there (atomically), checkpointing to ``<out>.partial`` as the job goes and resuming
-    from it. ``seed_from``: shards of the same key at other batch sizes, whose best configs seed the fast strategy.
-    ``jobs``: compile workers (1: compile in this process). The one-line summary is in ``df.attrs["summary"]``
-    (and printed to stderr when ``progress``).
+    from it; a shard already there is superseded (kept under ``superseded/``), never overwritten. ``seed_from``:
+    shards of the same key at other batch sizes, whose best configs seed the fast strategy; ``seed_keys``: a folder
+    of other keys' shards (``<folder>/<key>/bs<M>.parquet``), the nearest of which seeds it when ``seed_from`` gives
+    nothing. ``jobs``: compile workers (1: compile in this process). The one-line summary is in
+    ``df.attrs["summary"]`` (and printed to stderr when ``progress``).
     """
     frames = tune_batch_sizes(shape, [batch_size], settings, out=out, jobs=jobs, seed_from=seed_from,
-                              progress=progress, skip_existing=False, **overrides)
+                              seed_keys=seed_keys, progress=progress, skip_existing=False, **overrides)
     return frames[int(batch_size)]
 
 
 def tune_batch_sizes(shape: KernelShape | str, batch_sizes: Iterable[int], settings: TuneSettings | None = None, *,
                      out: str | os.PathLike | None = None, jobs: int | None = None, seed_from: Iterable = (),
-                     progress: bool = True, skip_existing: bool = True, **overrides) -> dict[int, pd.DataFrame]:
+                     seed_keys: str | os.PathLike | None = None, progress: bool = True, skip_existing: bool = True,
+                     **overrides) -> dict[int, pd.DataFrame]:
     """:func:`tune` at each of ``batch_sizes`` in one process: the compile workers start once, and a candidate
     compiled for one batch size is cached for the rest (kernels do not specialise on M). Each batch size is its own
     job with its own shard, exactly as if tuned alone.
 
     ``out``: a path with ``{batch_size}`` in it (optional for a single batch size). ``skip_existing``: a batch size
-    whose shard is already written is read back, not tuned again, so rerunning an interrupted run resumes it.
-    Returns {batch size: frame}.
+    whose shard is already written by the same job (same settings, kernel, software and device:
+    :func:`moekernel.tuning.shard.identity`) is read back, not tuned again, so rerunning an interrupted run resumes
+    it; a shard of another job there is superseded and the size re-tuned. Returns {batch size: frame}.
     """
     shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
     paths = shard_paths(out, batch_sizes)
@@ -64,19 +68,30 @@ def tune_batch_sizes(shape: KernelShape | str, batch_sizes: Iterable[int], setti
     # Only real compiles need workers; with one job they compile in this process.
     workers = default_jobs() if jobs is None else int(jobs)
     pool = CompilePool(workers) if settings.backend == "cuda" and workers > 1 else None
+    say = (lambda text: print(text, file=sys.stderr)) if progress else (lambda text: None)
     try:
         for M, path in paths.items():
-            if skip_existing and path is not None and path.is_file():
-                frames[M] = shard_io.to_frame(shard_io.read_shard(path))
-                frames[M].attrs["summary"] = (f"{shape.key} M={M}: {path} already written, not tuned again "
-                                              "(delete it to re-tune)")
-                if progress:
-                    print(frames[M].attrs["summary"], file=sys.stderr)
-                continue
             if shard_seeds is None:
                 shard_seeds = set().union(*(seeds_from_shard(p, shape, settings.scopes) for p in seed_from))
-            job = TuneJob(shape, M, settings, out=path, jobs=jobs, pool=pool, progress=progress)
-            frames[M] = job.run(set(shard_seeds))
+            seeds, seeded_from = set(shard_seeds), "shards: " + ", ".join(map(str, seed_from)) if seed_from else None
+            if not seeds and seed_keys is not None:
+                other = nearest_key_shard(seed_keys, shape, M)
+                if other is not None:
+                    seeds, seeded_from = seeds_from_other_key(other, settings.scopes), f"{other.parent.name} M={M}"
+            job = TuneJob(shape, M, settings, out=path, jobs=jobs, pool=pool, progress=progress, seeds=seeds,
+                          seeded_from=seeded_from)
+            if path is not None and path.exists():
+                wanted, found = job.identity(), shard_io.shard_identity(path)
+                if skip_existing and found == wanted:
+                    frames[M] = shard_io.to_frame(shard_io.read_shard(path))
+                    frames[M].attrs["summary"] = (f"{shape.key} M={M}: {path} already written, not tuned again "
+                                                  "(delete it to re-tune)")
+                    say(frames[M].attrs["summary"])
+                    continue
+                kept = shard_io.supersede(path, shard_io.identity_change(found, wanted))
+                say(f"{shape.key} M={M}: {path} was tuned by another job ({shard_io.identity_change(found, wanted)});"
+                    f" kept as {kept}, tuning again")
+            frames[M] = job.run()
             del job  # free this batch size's inputs before the next one allocates its own
     finally:
         if pool is not None:
