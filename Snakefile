@@ -1,5 +1,5 @@
-# moekernel tuning pipeline: tune every (kernel key, batch size) on its own GPU, gather all timings
-# into DuckDB, write engine config files, check them and plot how much they gain.
+# moekernel tuning pipeline: tune every (GPU model, kernel key) on a GPU of its own, re-time the winners on
+# held-out routing, write engine config files, gather every timing into DuckDB and plot how much they gain.
 #
 #   snakemake --snakefile <repo>/Snakefile --directory <dir> --configfile <f>   (profiles/default applies by itself)
 #
@@ -29,6 +29,13 @@ localrules:
 rule all:
     default_target: True
     input:
-        "results/tuning.duckdb",
-        "results/configs",
+        DATABASE,
+        SELECTED,
         rules.report.output,
+
+
+onsuccess:
+    from moekernel.pipeline.summary import summary
+
+    if Path(DATABASE).is_file():
+        print(summary(DATABASE, SELECTED, "results/configs"), file=sys.stderr)

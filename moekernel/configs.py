@@ -12,11 +12,15 @@ import json
 import os
 from pathlib import Path
 
+from .dtypes import info as dtype_info
 from .heuristics import PARAMS, default_config
 
 SHIPPED_FOLDER = Path(__file__).parent / "configs_shipped"
 ENV_FOLDER = "MOEKERNEL_CONFIG_FOLDER"
 CPU_DEVICE = "cpu-interpreter"
+#: Without a GPU (the interpreter), a device name to use instead of CPU_DEVICE: lets tests stand in for GPU models.
+#: Never consulted when a GPU is visible.
+ENV_INTERPRETER_DEVICE = "MOEKERNEL_INTERPRETER_DEVICE"
 
 #: The batch sizes engine config files cover (those the engines' tuning scripts sweep).
 STANDARD_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
@@ -35,7 +39,12 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return engine_device_name(torch.cuda.get_device_name())
-    return CPU_DEVICE
+    return interpreter_device_name()
+
+
+def interpreter_device_name() -> str:
+    """The device name of timings made in the Triton interpreter (``cpu-interpreter``, or $MOEKERNEL_INTERPRETER_DEVICE)."""
+    return os.environ.get(ENV_INTERPRETER_DEVICE) or CPU_DEVICE
 
 
 _current_device_name = device_name  # the parameters below shadow the name
@@ -46,8 +55,8 @@ def config_file_name(E: int, N: int, dtype: str | None = None, block_shape=None,
     if device_name is None:
         device_name = _current_device_name()
     name = f"E={E},N={N},device_name={device_name}"
-    if dtype in ("bf16", "fp16", "auto"):
-        dtype = None
+    if dtype == "auto" or (dtype is not None and not dtype_info(dtype).quantized):
+        dtype = None  # the engines name unquantized files without a dtype
     if dtype:
         name += f",dtype={dtype}"
     if block_shape is not None and all(block_shape):

@@ -10,23 +10,32 @@ from snakemake.exceptions import WorkflowError
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # moekernel from this checkout, installed or not (scripts do the same)
 
-from moekernel.pipeline import gpus, plan
+from moekernel.pipeline import gpus, plan, recover
 
 # A config.yaml in the working directory, else the repo's example; --configfile replaces both.
 if not workflow.overwrite_configfiles:
     workflow.configfile("config.yaml" if Path("config.yaml").exists() else str(REPO / "config.yaml"))
 
 VISIBLE_GPUS = gpus.visible_gpus()
-# The jobs choose among these GPUs (moekernel.pipeline.gpus.pin_process) without asking CUDA themselves.
-os.environ[gpus.ENV_GPUS] = ",".join(VISIBLE_GPUS)
+GPU_MODELS = gpus.gpu_models(VISIBLE_GPUS)
+# The jobs choose among these GPUs, by model (moekernel.pipeline.gpus.pin_process), without asking CUDA themselves.
+os.environ[gpus.ENV_GPUS] = gpus.format_env(GPU_MODELS)
 try:
-    PLAN = plan.make_plan(config, cuda_available=bool(VISIBLE_GPUS), schema_path=REPO / "schema" / "config.schema.yaml")
+    PLAN = plan.make_plan(config, cuda_available=bool(VISIBLE_GPUS), gpu_models=list(GPU_MODELS.values()),
+                          schema_path=REPO / "schema" / "config.schema.yaml")
 except plan.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 CFG = PLAN.config  # validated, defaults filled in
+DATABASE = "results/tuning.duckdb"
+SELECTED = "results/selected.json"  # the select rule's account of the engine files it published
 
-if workflow.is_main_process and PLAN.banner():
-    print(PLAN.banner(), file=sys.stderr, flush=True)
+if workflow.is_main_process:
+    if PLAN.banner():
+        print(PLAN.banner(), file=sys.stderr, flush=True)
+    # What earlier runs left broken (a deleted or damaged shard, a damaged database) is set aside, so this run
+    # rebuilds it; nothing is deleted.
+    for line in recover.check_tune_records(PLAN.tuned_records()) + recover.check_database(DATABASE):
+        print(f"moekernel: {line}", file=sys.stderr, flush=True)
 
 # One GPU per GPU job. On a GPU host the `gpu` resource is capped at the GPUs visible here (unless
 # --resources says otherwise) and each job pins one of them. The executor is not known while parsing,
@@ -43,5 +52,5 @@ ROUTING_FILE = plan.routing_file(PLAN.settings.routing)
 
 
 wildcard_constraints:
+    gpu=r"[A-Za-z0-9_.-]+",
     key=r"E\d+-N\d+-K\d+-top\d+-[a-z0-9_]+?(-block\d+x\d+)?(-perchannel)?",
-    bs=r"\d+",

@@ -1,13 +1,13 @@
-# The one writer of results/tuning.duckdb: rebuilt from the shards (the source of truth), the shapes
-# table of this config and the verify results.
+# The one writer of results/tuning.duckdb: rebuilt from the shards the tune records name (the source of truth), the
+# shards they superseded, the shapes table of this config and the verify results.
 
 
 rule database:
     input:
-        shards=PLAN.shards(),
-        comparisons=expand("results/verify/{key}.parquet", key=PLAN.keys),
+        tuned=PLAN.tuned_records(),
+        comparisons=PLAN.verify_results(),
     output:
-        "results/tuning.duckdb",
+        DATABASE,
     log:
         "logs/database.log",
     params:

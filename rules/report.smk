@@ -2,7 +2,7 @@
 
 rule report:
     input:
-        "results/tuning.duckdb",
+        DATABASE,
     output:
         speedup=report("results/report/speedup.png", category="Comparison", labels={"figure": "speedup"}),
         roofline=report("results/report/roofline.png", category="Comparison", labels={"figure": "roofline"}),

@@ -1,21 +1,25 @@
-# One job per (kernel key, batch size): the tuner sweeps the search space and writes every candidate's
-# timing to a Parquet shard. Its params hold all it depends on, so a settings or kernel change re-runs
-# exactly these jobs (Snakemake's params rerun trigger), and nothing else does.
+# One job per (GPU model, kernel key) tunes all its batch sizes in one warm process, a Parquet shard per size.
+# Its params hold all its results depend on, so a settings, kernel, software or batch-size change re-runs exactly
+# these jobs (Snakemake's params rerun trigger), and nothing else does; a rerun keeps every shard of the same job.
 
 
 rule tune:
     input:
         [ROUTING_FILE] if ROUTING_FILE else [],
     output:
-        PLAN.shard("{key}", "{bs}"),
+        PLAN.tuned("{gpu}", "{key}"),
     log:
-        "logs/tune/{key}/bs{bs}.log",
+        "logs/tune/{gpu}/{key}.log",
     params:
+        batch_sizes=PLAN.batch_sizes,
         settings=PLAN.settings.as_dict(),
         kernel_hash=PLAN.kernel_hash,
+        software=PLAN.software,
+        seed_keys=CFG["search"]["seed_from_other_keys"],
     threads: TUNE_THREADS  # parallel compiles
     resources:
         gpu=GPU_PER_JOB,
+        constraint=lambda w: PLAN.constraint(w.gpu),
     conda:
         "../envs/moekernel.yaml"
     script:

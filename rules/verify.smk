@@ -1,29 +1,28 @@
-# Each key's emitted file, loaded as an engine would, checked against the reference and timed against the
-# default config (and the baseline folder, if any), on one GPU.
+# Each (GPU model, key)'s winners re-timed against the default config (and the baseline folder, if any) on routing
+# draws the tuner never saw, on one GPU of that model; decides, per batch size, what the engine file holds.
 
 
 rule verify:
     input:
-        # ancient: select rewrites the whole folder when any key changes; this key's file changes only with its
-        # own shards, which are inputs below.
-        configs=ancient("results/configs"),
-        # The key's shards say which device (so which file name) it was tuned for.
-        shards=lambda w: [PLAN.shard(w.key, m) for m in PLAN.batch_sizes],
+        tuned=PLAN.tuned("{gpu}", "{key}"),
         routing=[ROUTING_FILE] if ROUTING_FILE else [],
     output:
-        "results/verify/{key}.parquet",
+        PLAN.verified("{gpu}", "{key}"),
     log:
-        "logs/verify/{key}.log",
+        "logs/verify/{gpu}/{key}.log",
     params:
-        batch_sizes=PLAN.batch_sizes,
         routing=PLAN.settings.routing,
         seed=PLAN.settings.seed,
         iters=PLAN.settings.iters,
+        draws=CFG["verify"]["draws"],
+        max_loss=CFG["verify"]["max_loss"],
         backend=PLAN.backend,
         baseline=CFG["baseline_configs"],
         kernel_hash=PLAN.kernel_hash,
+        software=PLAN.software,
     resources:
         gpu=GPU_PER_JOB,
+        constraint=lambda w: PLAN.constraint(w.gpu),
     conda:
         "../envs/moekernel.yaml"
     script:

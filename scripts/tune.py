@@ -1,4 +1,4 @@
-"""Snakemake adapter: one (key, batch size) -> its timing shard (moekernel.pipeline.jobs.tune)."""
+"""Snakemake adapter: one (GPU model, key) -> a shard per batch size and the job's record (moekernel.pipeline.jobs)."""
 
 from _common import setup
 
@@ -6,5 +6,6 @@ log = setup(snakemake)
 
 from moekernel.pipeline import jobs  # after setup: moekernel from this checkout
 
-jobs.tune(snakemake.wildcards.key, [int(snakemake.wildcards.bs)], snakemake.output[0],
-          settings=snakemake.params.settings, threads=snakemake.threads, log=log)
+p = snakemake.params
+jobs.tune(snakemake.wildcards.gpu, snakemake.wildcards.key, list(p.batch_sizes), snakemake.output[0],
+          settings=p.settings, software=p.software, seed_keys=p.seed_keys, threads=snakemake.threads, log=log)

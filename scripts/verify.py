@@ -1,4 +1,4 @@
-"""Snakemake adapter: one key's emitted configs -> comparison rows (moekernel.pipeline.verify)."""
+"""Snakemake adapter: one (GPU model, key)'s winners -> comparison rows and decisions (moekernel.pipeline.verify)."""
 
 import os
 
@@ -12,9 +12,12 @@ if p.backend == "interpret":
 
 from moekernel.pipeline import jobs, verify  # after setup: moekernel from this checkout
 
-jobs.pin_gpu(p.backend, log)
-device = verify.tuned_device(list(snakemake.input.shards))
-rows = verify.verify_key(snakemake.wildcards.key, list(p.batch_sizes), snakemake.input.configs, device,
-                         routing=p.routing, seed=p.seed, iters=p.iters, baseline_dir=p.baseline, backend=p.backend)
+gpu, key = snakemake.wildcards.gpu, snakemake.wildcards.key
+jobs.pin_gpu(p.backend, gpu, log)
+jobs.check_software(p.software, log)
+shards = {int(m): path for m, path in jobs.read_record(snakemake.input.tuned)["shards"].items()}
+rows = verify.verify_key(gpu, key, shards, routing=p.routing, seed=p.seed, iters=p.iters, draws=p.draws,
+                         max_loss=p.max_loss, baseline_dir=p.baseline, backend=p.backend)
 rows.to_parquet(snakemake.output[0], index=False)
-log.info("%d rows, %d not ok", len(rows), int((~rows["ok"]).sum()))
+log.info("%d rows, %d not ok, %d size(s) keep the default", len(rows), int((rows["ok"] == False).sum()),  # noqa: E712
+         int(((rows["source"] == "default") & rows["emitted"].fillna(False)).sum()))

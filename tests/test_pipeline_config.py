@@ -48,7 +48,9 @@ def test_repo_config_is_valid_and_documented():
 def test_defaults_fill_every_key():
     config = load_config({"models": ["a"]})
     assert config["tp_sizes"] == [1] and config["dtypes"] == ["auto"] and config["backend"] == "auto"
-    assert config["search"] == {"strategy": "fast", "space": "vllm"} and config["timing"] == {"iters": 20}
+    assert config["search"] == {"strategy": "fast", "space": "vllm", "seed_from_other_keys": True}
+    assert config["timing"] == {"iters": 20, "draws": 3} and config["verify"] == {"draws": 3, "max_loss": 0.02}
+    assert config["gpus"] == ["auto"] and config["gpu_constraints"] == {}
     assert config["batch_sizes"][:3] == [1, 2, 4] and len(config["batch_sizes"]) == 18
     assert config["split"] is False and config["baseline_configs"] is None and config["seed"] == 0
     assert load_config({"models": ["a"], "search": {"strategy": "exhaustive"}})["search"]["space"] == "vllm"
@@ -82,7 +84,9 @@ def test_same_key_is_tuned_once():
     assert len(p.shapes) == 6  # every (model, tp) is in the shapes table...
     assert p.keys == ["E8-N1024-K512-top2-bf16", "E8-N512-K512-top2-bf16", "E16-N512-K256-top4-bf16",
                       "E16-N256-K256-top4-bf16"]  # ...but a and a-instruct share their keys
-    assert len(p.shards()) == 8 and p.shard(p.keys[0], 64) == "results/timings/E8-N1024-K512-top2-bf16/bs64.parquet"
+    assert len(p.shards()) == 8
+    assert p.shard("NVIDIA_H200", p.keys[0], 64) == "results/timings/NVIDIA_H200/E8-N1024-K512-top2-bf16/bs64.parquet"
+    assert p.jobs() == [("NVIDIA_H200", k) for k in p.keys]  # one warm tune job per (GPU model, key)
     row = p.shapes[0]
     assert (row["model"], row["tp"], row["ep"], row["dtype"], row["key"]) == ("a", 1, False, "auto", p.keys[0])
 
@@ -92,7 +96,7 @@ def test_settings_hold_what_timings_depend_on(tmp_path, monkeypatch):
               "timing": {"iters": 5}, "routing": "zipf:1.2", "split": True})
     assert p.backend == "cuda" and not p.demo and p.banner() is None
     assert p.settings.as_dict() == {"strategy": "exhaustive", "space": '{"BLOCK_SIZE_M":[16,32]}', "iters": 5,
-                                    "routing": "zipf:1.2", "seed": 0, "split": True, "backend": "cuda"}
+                                    "draws": 3, "routing": "zipf:1.2", "seed": 0, "split": True, "backend": "cuda"}
     assert p.kernel_hash == "h" * 16
     args = " ".join(p.settings.cli_args())
     assert "--split" in args and "--iters 5" in args and "--space {\"BLOCK_SIZE_M\":[16,32]}" in args
@@ -146,3 +150,28 @@ def test_keys_sharing_an_engine_file_stop_before_tuning():
         del MODELS["c"]
     assert "E8-N1024-K512-top2-bf16" in str(err.value) and "E8-N1024-K1024-top2-bf16" in str(err.value)
     pipeline.check_file_collisions(["E8-N1024-K512-top2-fp8_w8a8", "E8-N1024-K512-top2-bf16"])  # other files
+
+
+def test_gpu_models_are_part_of_the_plan():
+    both = plan({"models": ["a"], "gpus": ["NVIDIA_H100_80GB_HBM3", "NVIDIA_H200"],
+                 "gpu_constraints": {"NVIDIA_H200": "h200"}})
+    assert both.gpus == ["NVIDIA_H100_80GB_HBM3", "NVIDIA_H200"]
+    assert {g for g, _ in both.jobs()} == set(both.gpus) and len(both.tuned_records()) == 2  # one key, two models
+    assert both.constraint("NVIDIA_H200") == "h200" and both.constraint("NVIDIA_H100_80GB_HBM3") == ""
+    # auto: the models this host sees (one record per model, not per GPU); none is an error that says what to do
+    here = make_plan({"models": ["mixtral-8x7b"], "tp_sizes": [2]}, cuda_available=True,
+                     gpu_models=["NVIDIA_H200", "NVIDIA_H200"], kernel_hash="x")
+    assert here.gpus == ["NVIDIA_H200"]
+    with pytest.raises(ConfigError, match=r"gpus: \[NVIDIA_H200\]"):
+        make_plan({"models": ["mixtral-8x7b"], "tp_sizes": [2], "backend": "cuda"}, cuda_available=False,
+                  kernel_hash="x")
+    assert plan({"models": ["a"]}, cuda=False).gpus == ["cpu-interpreter"]
+
+
+def test_software_versions_are_planned(monkeypatch):
+    before = plan({"models": ["a"]})
+    assert set(before.software) == {"triton", "torch"} and before.software["triton"]
+    monkeypatch.setenv("MOEKERNEL_TRITON_VERSION", "9.9.9+test")
+    after = plan({"models": ["a"]})
+    assert after.software == {**before.software, "triton": "9.9.9+test"}
+    assert after.meta()["triton_version"] == "9.9.9+test"

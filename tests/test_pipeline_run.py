@@ -52,8 +52,16 @@ def planned(workdir: Path, config: dict) -> dict[str, set[str]]:
     return jobs
 
 
-def timing_file(key: str, m: int) -> str:
-    return f"results/timings/{key}/bs{m}.parquet"
+GPU = "cpu-interpreter"  # the GPU model of every job in the interpreter
+
+
+def tune_record(key: str) -> str:
+    """The output of the tune job of ``key``: its record of the shards."""
+    return f"results/timings/{GPU}/{key}/tuned.json"
+
+
+def shard_file(key: str, m: int) -> str:
+    return f"results/timings/{GPU}/{key}/bs{m}.parquet"
 
 
 # ------------------------------------------------------------------ the no-GPU demo, end to end
@@ -69,7 +77,7 @@ def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     baseline = configs.config_file_name(4, 64, device_name="cpu-interpreter")
     configs.write_config_file(workdir / "baseline" / baseline, {1: {k: v[0] for k, v in TINY_SPACE.items()}})
-    config = {"models": ["mixtral-8x7b"], "baseline_configs": "baseline",
+    config = {"models": ["mixtral-8x7b"], "baseline_configs": "baseline", "verify": {"draws": 2},
               "demo": {"batch_sizes": [1, 4], "space": TINY_SPACE, "iters": 1}}
     result = snakemake(workdir, config)
     assert result.returncode == 0, result.stdout
@@ -93,8 +101,10 @@ def test_demo_run_end_to_end(demo_run):
     assert con.execute("SELECT count(*) FROM timings WHERE status = 'ok'").fetchone()[0] == 4
     winners = con.execute("SELECT batch_size, BLOCK_SIZE_N FROM winners ORDER BY 1").fetchall()
     assert [m for m, _ in winners] == [1, 4]
-    for m, bn in winners:  # the file holds exactly the winners
-        assert data[str(m)]["BLOCK_SIZE_N"] == bn
+    emitted = con.execute("SELECT batch_size, config FROM comparisons WHERE emitted ORDER BY 1").fetchall()
+    assert [m for m, _ in emitted] == [1, 4]
+    for m, config in emitted:  # the file holds exactly what verify chose: the winner, or the default
+        assert data[str(m)] == json.loads(config)
     assert con.execute("SELECT model, tp, key FROM shapes").fetchall() == [("demo", 1, DEMO_KEY)]
     rows = con.execute("SELECT source, count(*), bool_and(ok), max(rel_error), min(note) FROM comparisons "
                        "GROUP BY source ORDER BY source").fetchall()
@@ -113,9 +123,10 @@ def test_rebuilt_configs_are_byte_identical(demo_run, tmp_path):
     from moekernel.pipeline import emit
 
     workdir, _, _ = demo_run
-    shards = sorted((workdir / "results" / "timings" / DEMO_KEY).glob("*.parquet"))
-    (rebuilt,) = emit.emit_from_shards(shards, tmp_path)
-    assert rebuilt.read_bytes() == (workdir / "results" / "configs" / rebuilt.name).read_bytes()
+    shards = sorted((workdir / "results" / "timings" / GPU / DEMO_KEY).glob("*.parquet"))
+    verified = [workdir / "results" / "verify" / GPU / f"{DEMO_KEY}.parquet"]
+    (rebuilt,) = emit.emit_from_verify(shards, verified, tmp_path)["written"]
+    assert (tmp_path / rebuilt).read_bytes() == (workdir / "results" / "configs" / rebuilt).read_bytes()
 
 
 @pytest.mark.slow
@@ -154,7 +165,7 @@ def tiny_run(tmp_path_factory):
         "models": [tiny_model(models / "a", 4, 64), tiny_model(models / "b", 4, 128)],
         "dtypes": ["fp16"], "batch_sizes": [2], "backend": "interpret",
         "search": {"strategy": "exhaustive", "space": {**TINY_SPACE, "BLOCK_SIZE_N": [32]}},
-        "timing": {"iters": 1},
+        "timing": {"iters": 1, "draws": 1}, "verify": {"draws": 1},
     }
     workdir = tmp_path_factory.mktemp("tiny")
     result = snakemake(workdir, config)
@@ -181,19 +192,33 @@ def test_unchanged_config_does_nothing(tiny_run):
 
 
 @pytest.mark.slow
-def test_new_batch_size_runs_only_its_tune_jobs(tiny_run):
-    workdir, config, _ = tiny_run
-    jobs = planned(workdir, {**config, "batch_sizes": [2, 8]})
-    assert jobs["tune"] == {timing_file(KEY_A, 8), timing_file(KEY_B, 8)}
+def test_new_batch_size_tunes_only_that_size(tiny_run, tmp_path):
+    import shutil
+
+    source, config, _ = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir, symlinks=True)
+    bigger = {**config, "batch_sizes": [2, 8]}
+    jobs = planned(workdir, bigger)
+    assert jobs["tune"] == {tune_record(KEY_A), tune_record(KEY_B)}  # each key's warm job...
     assert set(jobs) - {"tune"} <= DOWNSTREAM
+    before = {k: (workdir / shard_file(k, 2)).read_bytes() for k in (KEY_A, KEY_B)}
+    result = snakemake(workdir, bigger)
+    assert result.returncode == 0, result.stdout
+    for key in (KEY_A, KEY_B):  # ...tunes the new size only: the shard of size 2 is the same file
+        assert (workdir / shard_file(key, 2)).read_bytes() == before[key]
+        assert (workdir / shard_file(key, 8)).is_file()
+        assert not (workdir / shard_file(key, 2)).parent.joinpath("superseded").exists()
+        assert "M=2: " in (workdir / "logs" / "tune" / GPU / f"{key}.log").read_text()
+    assert "already written, not tuned again" in (workdir / "logs" / "tune" / GPU / f"{KEY_A}.log").read_text()
 
 
 @pytest.mark.slow
 def test_new_model_runs_only_its_tune_jobs(tiny_run):
     workdir, config, models = tiny_run
     jobs = planned(workdir, {**config, "models": [*config["models"], tiny_model(models / "c", 8, 64)]})
-    assert jobs["tune"] == {timing_file(KEY_C, 2)}
-    assert jobs["verify"] == {f"results/verify/{KEY_C}.parquet"}  # the other keys' files did not change
+    assert jobs["tune"] == {tune_record(KEY_C)}
+    assert jobs["verify"] == {f"results/verify/{GPU}/{KEY_C}.parquet"}  # the other keys' did not change
     assert set(jobs) - {"tune"} <= DOWNSTREAM
 
 
@@ -206,7 +231,7 @@ def test_new_model_runs_only_its_tune_jobs(tiny_run):
 def test_changed_settings_rerun_the_tune_jobs(tiny_run, change):
     workdir, config, _ = tiny_run
     jobs = planned(workdir, {**config, **change})
-    assert jobs["tune"] == {timing_file(KEY_A, 2), timing_file(KEY_B, 2)}
+    assert jobs["tune"] == {tune_record(KEY_A), tune_record(KEY_B)}
 
 
 # ------------------------------------------------------------------ clear errors (dry runs, nothing tuned)
@@ -261,7 +286,7 @@ def test_kernel_source_edit_reruns_tuning_and_other_edits_do_not(tmp_path):
                                                                     "__pycache__", ".whl", "*.egg-info"))
     models = tmp_path / "models"
     config = {"models": [tiny_model(models / "a", 4, 64)], "dtypes": ["fp16"], "batch_sizes": [2],
-              "backend": "interpret", "timing": {"iters": 1},
+              "backend": "interpret", "timing": {"iters": 1, "draws": 1}, "verify": {"draws": 1},
               "search": {"strategy": "exhaustive", "space": {**TINY_SPACE, "BLOCK_SIZE_N": [32]}}}
     workdir = tmp_path / "run"
     run = lambda *args: snakemake(workdir, config, *args, snakefile=checkout / "Snakefile")  # noqa: E731
@@ -270,7 +295,7 @@ def test_kernel_source_edit_reruns_tuning_and_other_edits_do_not(tmp_path):
     def planned_tune() -> set[str]:
         result = run("-n")
         assert result.returncode == 0, result.stdout
-        return set(re.findall(r"output: (results/timings/\S+)", result.stdout))
+        return set(re.findall(r"output: (results/timings/\S+/tuned\.json)", result.stdout))
 
     def edit(relative: str) -> None:
         with open(checkout / relative, "a") as f:
@@ -280,4 +305,4 @@ def test_kernel_source_edit_reruns_tuning_and_other_edits_do_not(tmp_path):
     edit("rules/tune.smk")
     assert planned_tune() == set()
     edit("moekernel/kernel/_kernels.py")
-    assert planned_tune() == {timing_file(KEY_A, 2)}
+    assert planned_tune() == {tune_record(KEY_A)}

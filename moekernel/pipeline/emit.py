@@ -1,17 +1,27 @@
 """Winners → engine config files (results/configs/*.json).
 
-One file per (E, N, device, dtype, block shape), keyed by batch size, written only through
-:func:`moekernel.configs.write_config_file` and named only by :func:`moekernel.configs.config_file_name`,
+One file per (E, N, device, dtype, block shape), keyed by batch size, formatted only by
+:func:`moekernel.configs.format_config_file` and named only by :func:`moekernel.configs.config_file_name`,
 so the bytes are the same whenever the data are. Split tuning's up configs go to the usual name and its
-down configs to the ``gemm="down"`` twin.
+down configs to the ``gemm="down"`` twin. In the pipeline the configs are the ones verify chose
+(:func:`emit_from_verify`: the tuned winner, or the default where the winner lost on held-out routing).
 
 The file name carries neither K nor top-k: two kernel keys that differ only there would land in one
 file. That stops the run (:class:`EmitError`) instead of one silently overwriting the other.
+
+Files are published (:func:`publish`) so that nothing of the user's is lost: every file is written whole or not
+at all (temporary name, then rename), nothing is touched before all contents are known, a file that differs from
+what the pipeline last wrote there (a hand edit) is backed up before it is replaced, and files the pipeline did
+not write are left alone. ``.moekernel-written`` in the folder records what the pipeline wrote.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -56,19 +66,99 @@ def plan_files(winners: pd.DataFrame) -> dict[str, dict[int, dict]]:
     return files
 
 
-def write_configs(winners: pd.DataFrame, out_dir) -> list[Path]:
-    """Write every file of :func:`plan_files` into ``out_dir``; returns the paths, sorted."""
+def file_texts(winners: pd.DataFrame) -> dict[str, str]:
+    """{file name: its exact text} for every file of :func:`plan_files`."""
     files = plan_files(winners)
     # The version the timings were made with, not whatever is installed now: rebuilds stay identical.
     triton_version = max(set(winners["triton_version"].dropna()), key=Version) if len(winners) else None
+    return {name: configs.format_config_file(entries, triton_version) for name, entries in files.items()}
+
+
+def write_configs(winners: pd.DataFrame, out_dir) -> list[Path]:
+    """Write every file of :func:`plan_files` into ``out_dir``; returns the paths, sorted."""
+    out_dir = Path(out_dir)
+    published = publish(file_texts(winners), out_dir)
+    return sorted(out_dir / name for name in published["written"] + published["unchanged"])
+
+
+RECORD = ".moekernel-written"  # what the pipeline wrote into a configs folder (JSON: {file name: sha256})
+
+
+def _sha(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()
+
+
+def publish(texts: dict[str, str], out_dir) -> dict[str, list]:
+    """Write ``texts`` into ``out_dir`` without losing anything of the user's (see the module docstring).
+
+    Returns what happened: ``written``, ``unchanged``, ``backed_up`` ([file, backup]), ``removed`` (files this
+    pipeline wrote before and no longer produces), ``kept`` (such files edited by hand, left in place)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return sorted(configs.write_config_file(out_dir / name, entries, triton_version)
-                  for name, entries in files.items())
+    record_path = out_dir / RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    done: dict[str, list] = {"written": [], "unchanged": [], "backed_up": [], "removed": [], "kept": []}
+    for name, text in sorted(texts.items()):
+        path, data = out_dir / name, text.encode()
+        if path.is_file():
+            current = path.read_bytes()
+            if current == data:
+                done["unchanged"].append(name)
+                record[name] = _sha(data)
+                continue
+            if record.get(name) != _sha(current):  # not what we wrote last: a hand edit, or someone else's file
+                backup = path.with_name(f"{name}.edited-{stamp}")
+                os.replace(path, backup)
+                done["backed_up"].append([name, backup.name])
+                log.warning("%s differs from what the pipeline wrote there (edited by hand?): kept as %s",
+                            path, backup.name)
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        record[name] = _sha(data)
+        done["written"].append(name)
+    for name in sorted(set(record) - set(texts)):
+        path = out_dir / name
+        if path.is_file() and _sha(path.read_bytes()) != record[name]:
+            done["kept"].append(name)
+            log.warning("%s is no longer produced but was edited by hand: left in place", path)
+        else:
+            path.unlink(missing_ok=True)
+            done["removed"].append(name)
+        del record[name]
+    tmp = record_path.with_name(record_path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, record_path)
+    return done
+
+
+def emit_from_verify(shards: list, verify_files: list, out_dir) -> dict[str, list]:
+    """The select step: at each (key, device, batch size) the config verify chose (``emitted``: the tuned winner, or
+    the default), as engine files; the shards give the Triton version. Returns :func:`publish`'s account."""
+    con = database.open_shards(shards)
+    versions = con.execute("SELECT DISTINCT key, triton_version FROM winners").df()
+    chosen = []
+    for frame in map(pd.read_parquet, verify_files):
+        for row in frame[frame["emitted"].fillna(False).astype(bool)].itertuples(index=False):
+            config = json.loads(row.config)
+            parts = config.items() if "up" in config else [("both", config)]
+            for gemm, part in parts:
+                chosen.append({"key": row.key, "device": row.device, "gemm": gemm, "batch_size": row.batch_size,
+                               "source": row.source, **part})
+    winners = pd.DataFrame(chosen, columns=["key", "device", "gemm", "batch_size", "source", *PARAMS])
+    winners = winners.merge(versions, on="key", how="left")
+    for row in winners[winners["source"] == "default"].itertuples(index=False):
+        log.info("%s on %s at batch size %d: the file holds the default config (see the comparisons table)",
+                 row.key, row.device, row.batch_size)
+    return publish(file_texts(winners), out_dir)
 
 
 def emit_from_shards(shards: list, out_dir) -> list[Path]:
-    """The select step: read the tuner's winners from the shards and write the engine files."""
+    """The tuner's winners straight from shards, as engine files (without a verify step)."""
     con = database.open_shards(shards)
     winners = con.execute("SELECT * FROM winners ORDER BY key, device, gemm, batch_size").df()
     missing = con.execute("""

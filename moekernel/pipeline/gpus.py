@@ -29,9 +29,34 @@ from pathlib import Path
 
 _held: list[int] = []  # lock file descriptors this process keeps until it exits
 
-#: Set by the Snakefile to the GPUs it saw, so jobs need not ask CUDA: asking initialises the driver,
-#: after which CUDA_VISIBLE_DEVICES can no longer be narrowed in that process.
+#: Set by the Snakefile to the GPUs it saw, ``id=model,id=model`` (or plain ids), so jobs need not ask CUDA:
+#: asking initialises the driver, after which CUDA_VISIBLE_DEVICES can no longer be narrowed in that process.
 ENV_GPUS = "MOEKERNEL_VISIBLE_GPUS"
+
+
+def gpu_models(ids: list[str]) -> dict[str, str]:
+    """{id: model as engines spell it} for visible GPU ids (the order CUDA numbers them in)."""
+    if not ids:
+        return {}
+    import torch
+
+    from moekernel.configs import engine_device_name
+
+    return {gpu: engine_device_name(torch.cuda.get_device_name(i)) for i, gpu in enumerate(ids)}
+
+
+def format_env(models: dict[str, str]) -> str:
+    return ",".join(f"{gpu}={model}" for gpu, model in models.items())
+
+
+def _from_env(value: str, model: str | None) -> list[str]:
+    """The ids of :data:`ENV_GPUS`, only those of ``model`` if given (plain ids have no model: all kept)."""
+    ids = []
+    for entry in filter(None, value.split(",")):
+        gpu, _, gpu_model = entry.partition("=")
+        if model is None or not gpu_model or gpu_model == model:
+            ids.append(gpu)
+    return ids
 
 
 def visible_gpus() -> list[str]:
@@ -73,6 +98,27 @@ def pool_dir(root: str | os.PathLike) -> Path:
     return Path(root) / namespace
 
 
+#: Seconds a job waits for a busy GPU before it says so in its log.
+BUSY_NOTICE_S = 30.0
+
+
+def _lock_path(folder: Path, gpu: str) -> Path:
+    return folder / f"gpu-{gpu.replace('/', '_')}.lock"
+
+
+def holders(root: str | os.PathLike, gpus: list[str]) -> str:
+    """Who holds each GPU's lock, as the lock files say (``gpu 0: pid 123``)."""
+    folder = pool_dir(root)
+    parts = []
+    for gpu in gpus:
+        try:
+            pid = _lock_path(folder, gpu).read_text().strip() or "?"
+        except OSError:
+            pid = "?"
+        parts.append(f"GPU {gpu}: pid {pid}")
+    return ", ".join(parts)
+
+
 def acquire(root: str | os.PathLike, gpus: list[str], *, poll_s: float = 0.5,
             timeout_s: float | None = None) -> tuple[str, int]:
     """Lock the first free GPU of ``gpus``; wait while all are taken. Returns (gpu id, lock fd)."""
@@ -81,7 +127,7 @@ def acquire(root: str | os.PathLike, gpus: list[str], *, poll_s: float = 0.5,
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         for gpu in gpus:
-            path = folder / f"gpu-{gpu.replace('/', '_')}.lock"
+            path = _lock_path(folder, gpu)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,18 +142,26 @@ def acquire(root: str | os.PathLike, gpus: list[str], *, poll_s: float = 0.5,
         time.sleep(poll_s)
 
 
-def pin_process(root: str | os.PathLike, gpus: list[str] | None = None) -> str | None:
+def pin_process(root: str | os.PathLike, gpus: list[str] | None = None, model: str | None = None,
+                log=None) -> str | None:
     """Take a GPU for the rest of this process's life and make it the only visible one.
 
     Call before anything initialises CUDA. ``gpus``: the candidates; by default those the Snakefile saw
-    (:data:`ENV_GPUS`), else :func:`visible_gpus`. Returns the id, or None when no GPU is visible.
+    (:data:`ENV_GPUS`, only those of ``model`` if given), else :func:`visible_gpus`. Returns the id, or None when no
+    GPU is visible. ``log`` (a logger): say so when every candidate is held by another job, and which one is.
     """
     if gpus is None:
         env = os.environ.get(ENV_GPUS)
-        gpus = [g for g in env.split(",") if g] if env is not None else visible_gpus()
+        gpus = _from_env(env, model) if env is not None else visible_gpus()
     if not gpus:
         return None
-    gpu, fd = acquire(root, gpus)
+    try:
+        gpu, fd = acquire(root, gpus, timeout_s=BUSY_NOTICE_S if log else None)
+    except TimeoutError:
+        log.warning("all of GPU(s) %s are held by other jobs (%s); waiting for one to be free. Another pipeline on "
+                    "this host uses them if its jobs hold these locks: check with `ls -l %s`, or give each run its "
+                    "own GPUs (CUDA_VISIBLE_DEVICES)", ",".join(gpus), holders(root, gpus), pool_dir(root))
+        gpu, fd = acquire(root, gpus)
     os.set_inheritable(fd, True)  # children (and exec) keep holding it
     _held.append(fd)
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu

@@ -138,6 +138,8 @@ class Plan:
     settings: TuneSettings            # everything a tune job's result depends on, besides key, M and the kernel
     kernel_hash: str                  # the kernel sources' hash (moekernel.provenance)
     config: dict                      # the validated config, defaults filled in
+    gpus: list[str] = field(default_factory=list)  # GPU models to tune for, as engines spell them (NVIDIA_H200)
+    software: dict = field(default_factory=dict)   # {"triton": version, "torch": version} the jobs must run with
     requested_keys: list[str] = field(default_factory=list)  # what a GPU would tune (shown in demo mode)
 
     @property
@@ -145,15 +147,44 @@ class Plan:
         """Resolved: cuda | interpret."""
         return self.settings.backend
 
-    def shard(self, key: str, batch_size: int) -> str:
-        return f"results/timings/{key}/bs{batch_size}.parquet"
+    # One tune job per (GPU model, key) tunes every batch size in one warm process. Its shards are not the job's
+    # outputs, so Snakemake never deletes them (it removes a job's outputs before running it): the output is the
+    # job's record of the shards it answered for (tuned.json), and a rerun keeps every shard of the same job.
+
+    def shard(self, gpu: str, key: str, batch_size: int | str) -> str:
+        return f"{self.shard_folder(gpu, key)}/bs{batch_size}.parquet"
+
+    def shard_folder(self, gpu: str, key: str) -> str:
+        return f"results/timings/{gpu}/{key}"
+
+    def tuned(self, gpu: str, key: str) -> str:
+        """The tune job's output: the record of the shards it answered for."""
+        return f"{self.shard_folder(gpu, key)}/tuned.json"
+
+    def verified(self, gpu: str, key: str) -> str:
+        return f"results/verify/{gpu}/{key}.parquet"
+
+    def jobs(self) -> list[tuple[str, str]]:
+        """(GPU model, key) of every tune job."""
+        return [(g, k) for g in self.gpus for k in self.keys]
+
+    def tuned_records(self) -> list[str]:
+        return [self.tuned(g, k) for g, k in self.jobs()]
+
+    def verify_results(self) -> list[str]:
+        return [self.verified(g, k) for g, k in self.jobs()]
 
     def shards(self) -> list[str]:
-        return [self.shard(k, m) for k in self.keys for m in self.batch_sizes]
+        return [self.shard(g, k, m) for g, k in self.jobs() for m in self.batch_sizes]
+
+    def constraint(self, gpu: str) -> str:
+        """The SLURM constraint (node feature) that selects GPU model ``gpu``, or "" where none is configured."""
+        return self.config["gpu_constraints"].get(gpu, "")
 
     def meta(self) -> dict:
         """The run's settings, for the database's ``meta`` table."""
-        return {"demo": self.demo, **self.settings.as_dict(), "kernel_hash": self.kernel_hash}
+        return {"demo": self.demo, **self.settings.as_dict(), "kernel_hash": self.kernel_hash,
+                "gpus": ",".join(self.gpus), **{f"{name}_version": v for name, v in self.software.items()}}
 
     def banner(self) -> str | None:
         if self.demo:
@@ -229,9 +260,29 @@ def check_file_collisions(keys: list[str]) -> None:
         seen[name] = key
 
 
-def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | None = None,
-              kernel_hash: str | None = None, schema_path: Path = SCHEMA_PATH) -> Plan:
-    """Validated config → the list of kernel keys and batch sizes to tune, and the settings they share."""
+def resolve_gpus(requested: list[str], backend: str, visible: list[str]) -> list[str]:
+    """The GPU models to tune for: ``auto`` means the models of the GPUs this host sees (in the interpreter: the
+    interpreter's device name)."""
+    from moekernel.configs import interpreter_device_name
+
+    if "auto" not in requested:
+        return list(dict.fromkeys(requested))
+    if backend == "interpret":
+        return [interpreter_device_name()]
+    if not visible:
+        raise ConfigError("config key 'gpus': auto means the GPU models this host sees, and it sees none; name the "
+                          "models to tune for as engines spell them, e.g. gpus: [NVIDIA_H200] (on a cluster's login "
+                          "node, the models of its GPU nodes)")
+    return list(dict.fromkeys(visible))
+
+
+def make_plan(config: dict, *, cuda_available: bool, gpu_models: list[str] | None = None,
+              kernel_shape: Callable | None = None, kernel_hash: str | None = None,
+              schema_path: Path = SCHEMA_PATH) -> Plan:
+    """Validated config → the list of kernel keys and batch sizes to tune, and the settings they share.
+
+    ``gpu_models``: the models of the GPUs this host sees, as engines spell them (None: NVIDIA_H200 for each, a
+    stand-in for tests that plan without a GPU)."""
     config = load_config(config, schema_path)
     if kernel_shape is None:
         from moekernel.models import kernel_shape
@@ -269,8 +320,14 @@ def make_plan(config: dict, *, cuda_available: bool, kernel_shape: Callable | No
 
     try:
         settings = TuneSettings(strategy=strategy, space=space, split=config["split"], iters=iters,
-                                routing=config["routing"], seed=config["seed"], backend=backend)
+                                draws=config["timing"]["draws"], routing=config["routing"], seed=config["seed"],
+                                backend=backend)
     except ValueError as exc:  # everything was checked above; this names what slipped through
         raise ConfigError(f"invalid tune settings: {exc}") from None
+    if gpu_models is None:
+        gpu_models = ["NVIDIA_H200"] if cuda_available else []
+    from moekernel.provenance import software
+
     return Plan(demo=demo, shapes=rows, keys=keys, batch_sizes=sorted(batch_sizes), settings=settings,
-                kernel_hash=kernel_hash, config=config, requested_keys=requested)
+                kernel_hash=kernel_hash, config=config, gpus=resolve_gpus(config["gpus"], backend, gpu_models),
+                software=software(), requested_keys=requested)

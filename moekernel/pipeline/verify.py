@@ -1,12 +1,18 @@
-"""Check an emitted config file the way an engine would use it, and time it against the alternatives.
+"""Re-time the tuner's winners on routing draws it never saw, against the default config (and a baseline), and decide
+what the engine file holds at each batch size.
 
-For each batch size M the engine picks the file's entry nearest to M. That config (``tuned``), the
-kernel's own default (``default``) and, when given, an engine's shipped file (``baseline``) each run
-on the same inputs (:func:`moekernel.kernel.testing.make_inputs`); the output is compared with the float32
-reference and timed with the tuner's own helper (:mod:`moekernel.kernel.timing`), so the figures are
-comparable with the tuning shards. Rows go to the database's ``comparisons`` table.
+For each batch size M of a (GPU model, key) the winner of its shard (``tuned``), the kernel's default config
+(``default``) and, when given, the config an engine's shipped file picks for M (``baseline``, its nearest batch
+size) run on the same inputs: the tuner's weights and activations (:func:`moekernel.kernel.testing.make_inputs`)
+with ``draws`` routing draws from :data:`moekernel.kernel.testing.HELD_OUT_DRAW` on, which the tuner never times
+on. Each draw is timed with the tuner's own helper (:mod:`moekernel.kernel.timing`, so times compare with the
+shards'), the sources taking turns; each output is checked against the float32 reference on the first draw.
 
-In the Triton interpreter the timings are meaningless: rows say so in ``note``.
+A winner fitted to the tuner's draws can lose elsewhere: where tuned is slower than the default by more than
+``max_loss`` on any held-out draw (worst default/tuned ratio below 1 - max_loss), the engine file holds the default
+for that size. The ``emitted`` column says which config the file holds; ``vs_default``/``vs_default_worst`` the
+mean and worst default/tuned ratios. Rows go to the database's ``comparisons`` table; in the Triton interpreter
+the timings are meaningless and rows say so in ``note``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from moekernel.heuristics import PARAMS
 from moekernel.pipeline.database import COMPARISONS_SCHEMA
 from moekernel.shapes import KernelShape
 
@@ -27,21 +34,19 @@ COLUMNS = list(COMPARISONS_SCHEMA)
 INTERPRETER_NOTE = "interpreter: timing meaningless"
 
 
-def tuned_device(shards: list) -> str | None:
-    """The device a key's shards were timed on, spelt as in the emitted file names (see moekernel.emit).
-
-    Several devices (a mixed cluster): the one this job runs on if it is among them, else the first.
-    """
-    from moekernel import configs
+def winners_by_size(shards: list) -> dict[int, dict]:
+    """{batch size: the tuner's winning config} from a key's shards: six parameters, or {"up":, "down":} (split)."""
     from moekernel.pipeline import database
 
     con = database.open_shards(shards)
-    devices = sorted({configs.engine_device_name(d) for (d,) in con.execute("SELECT DISTINCT device FROM timings").fetchall()})
-    if len(devices) > 1:
-        log.warning("shards were timed on several devices: %s", ", ".join(devices))
-        here = configs.device_name()
-        return here if here in devices else devices[0]
-    return devices[0] if devices else None
+    found: dict[int, dict] = {}
+    for row in con.execute("SELECT * FROM winners ORDER BY batch_size, gemm").df().itertuples(index=False):
+        config = {p: int(getattr(row, p)) for p in PARAMS}
+        if row.gemm == "both":
+            found[int(row.batch_size)] = config
+        else:
+            found.setdefault(int(row.batch_size), {})[row.gemm] = config
+    return found
 
 
 def load_file_configs(shape: KernelShape, folder, device_name: str) -> dict[int, dict] | None:
@@ -54,58 +59,102 @@ def load_file_configs(shape: KernelShape, folder, device_name: str) -> dict[int,
                                 folders=[Path(folder)], fallback=False)
 
 
-def verify_key(key: str, batch_sizes: list[int], config_dir, device_name: str, *, routing: str = "uniform",
-               seed: int = 0, iters: int = 20, baseline_dir=None, backend: str = "cuda") -> pd.DataFrame:
-    """One row per (batch size, source) for ``key``; see the module docstring.
+def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "uniform", seed: int = 0,
+               iters: int = 20, draws: int = 3, max_loss: float = 0.02, baseline_dir=None,
+               backend: str = "cuda") -> pd.DataFrame:
+    """One row per (batch size, source) for ``key`` on GPU model ``gpu``; see the module docstring.
 
-    ``device_name``: whose files to check (the device the key was tuned on, :func:`tuned_device`); the
-    baseline folder is looked up under the same name.
-    """
+    ``shards``: {batch size: shard path} of the key's tune job; the baseline folder is looked up under ``gpu``."""
     from moekernel import configs, roofline
     from moekernel.backend import torch_device
     from moekernel.kernel import testing
     from moekernel.kernel.moe import make_runner
     from moekernel.kernel.reference import fused_experts_ref, relative_error
-    from moekernel.kernel.timing import time_callable  # the tuner's, with its graph size: times compare with shards'
+    from moekernel.kernel.timing import time_callable
 
     shape = KernelShape.from_key(key)
     bound = shape.info.rel_error_bound  # the tuner's own bound: a winner it accepted passes here
-    sources = {"tuned": load_file_configs(shape, config_dir, device_name)}
-    if baseline_dir is not None:
-        sources["baseline"] = load_file_configs(shape, baseline_dir, device_name)
-    base = {"key": key, "device": device_name, "backend": backend}
+    tuned = winners_by_size(list(shards.values()))
+    baseline = load_file_configs(shape, baseline_dir, gpu) if baseline_dir is not None else None
+    base = {"key": key, "device": gpu, "backend": backend}
+    note = INTERPRETER_NOTE if backend == "interpret" else None
 
     rows = []
-    for M in batch_sizes:
+    for M in sorted(shards):
         inputs = testing.make_inputs(shape, M, routing=routing, seed=seed, device=torch_device(backend))
-        ref = fused_experts_ref(**inputs.kwargs())
-        at_m = {**base, "batch_size": M, "hit_experts": roofline.hit_experts(inputs.topk_ids, shape.E)}
+        held_out = [testing.redraw(inputs, shape, M, routing=routing, seed=seed, draw=testing.HELD_OUT_DRAW + d)
+                    for d in range(draws)]
+        at_m = {**base, "batch_size": M, "hit_experts": roofline.hit_experts(held_out[0].topk_ids, shape.E)}
         candidates = {"default": (configs.default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.dtype,
                                                          shape.block_shape), None)}
-        for source, table in sources.items():
-            if table:
-                m = configs.nearest_batch_size(table, M)
-                candidates[source] = (table[m], m)
+        if M in tuned:
+            candidates["tuned"] = (tuned[M], M)
+        else:
+            rows.append({**at_m, "source": "tuned", "ok": False, "emitted": False,
+                         "note": "no winner in the shard (every candidate failed); the file holds the default"})
+        if baseline:
+            m = configs.nearest_batch_size(baseline, M)
+            candidates["baseline"] = (baseline[m], m)
+        elif baseline_dir is not None:
+            rows.append({**at_m, "source": "baseline", "note": f"no baseline config file for device {gpu}"})
+
+        runners = {}
+        results = {s: {**at_m, "source": s, "config": json.dumps(c, sort_keys=True), "config_batch_size": m,
+                       "draw_us": [], "note": note} for s, (c, m) in candidates.items()}
+        ref = fused_experts_ref(**held_out[0].kwargs())
+        for d, draw_inputs in enumerate(held_out):
+            for source, (config, _) in candidates.items():  # sources take turns, so drift hits them alike
+                row = results[source]
+                if row.get("ok") is False:
+                    continue
+                try:
+                    runner = runners[source] = make_runner(draw_inputs, config)
+                    if d == 0:
+                        err = relative_error(runner(), ref)
+                        row.update(rel_error=err, ok=err <= bound)
+                        if err > bound:
+                            row["note"] = f"relative error {err:.3g} above the {shape.dtype} bound {bound:g}"
+                            continue
+                    row["draw_us"].append(time_callable(runner, iters=iters, backend=backend).median_us)
+                except Exception as exc:  # a config that fails here is a finding, not a pipeline crash
+                    log.warning("%s M=%d %s config failed: %s", key, M, source, exc)
+                    row.update(ok=False, note=f"{type(exc).__name__}: {exc}"[:500])
+            runners.clear()
+        for row in results.values():
+            if row["draw_us"] and len(row["draw_us"]) == draws:
+                row["time_us"] = sum(row["draw_us"]) / draws
             else:
-                # A missing tuned file is a failure; a baseline folder without this shape is just no data.
-                rows.append({**at_m, "source": source, "ok": False if source == "tuned" else None,
-                             "note": f"no {source} config file for device {device_name}"})
-        for source, (config, config_m) in candidates.items():
-            row = {**at_m, "source": source, "config": json.dumps(config, sort_keys=True),
-                   "config_batch_size": config_m}
-            try:
-                runner = make_runner(inputs, config)
-                err = relative_error(runner(), ref)
-                timing = time_callable(runner, iters=iters, backend=backend)
-                row.update(time_us=timing.median_us, rel_error=err, ok=err <= bound,
-                           note=INTERPRETER_NOTE if backend == "interpret" else None)
-                if err > bound:
-                    row["note"] = f"relative error {err:.3g} above the {shape.dtype} bound {bound:g}"
-            except Exception as exc:  # a config that fails here is a finding, not a pipeline crash
-                log.warning("%s M=%d %s config failed: %s", key, M, source, exc)
-                row.update(ok=False, note=f"{type(exc).__name__}: {exc}"[:500])
-            rows.append(row)
-        del inputs, ref
-    return pd.DataFrame(rows, columns=COLUMNS).astype(
-        {"batch_size": "int64", "config_batch_size": "Int64", "time_us": "float64", "rel_error": "float64",
-         "ok": "boolean", "hit_experts": "Int64"})
+                row["draw_us"] = None
+        decide(results, max_loss)
+        rows += results.values()
+        del inputs, held_out, ref
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.astype({"batch_size": "int64", "config_batch_size": "Int64", "time_us": "float64",
+                         "rel_error": "float64", "ok": "boolean", "hit_experts": "Int64", "vs_default": "float64",
+                         "vs_default_worst": "float64", "emitted": "boolean"})
+
+
+def decide(results: dict[str, dict], max_loss: float) -> None:
+    """Mark which config the engine file holds at this batch size: the tuned one, unless it is wrong, missing, or
+    slower than the default by more than ``max_loss`` on some held-out draw."""
+    tuned, default = results.get("tuned"), results["default"]
+    default["emitted"] = True
+    if tuned is None:
+        return
+    tuned["emitted"] = False
+    if not tuned.get("ok") or tuned.get("time_us") is None:
+        default["note"] = _join(default["note"], "the file holds this config: the tuned one failed here")
+        return
+    if default.get("time_us") is not None:
+        ratios = [d / t for d, t in zip(default["draw_us"], tuned["draw_us"])]
+        tuned["vs_default"] = default["time_us"] / tuned["time_us"]
+        tuned["vs_default_worst"] = min(ratios)
+        if min(ratios) < 1 - max_loss:
+            default["note"] = _join(default["note"], f"the file holds this config: tuned was {1 / min(ratios):.3f}x "
+                                                     f"its time on a held-out draw (limit {1 + max_loss:.2f}x)")
+            return
+    tuned["emitted"], default["emitted"] = True, False
+
+
+def _join(*parts) -> str:
+    return "; ".join(p for p in parts if p)

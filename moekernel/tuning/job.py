@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import provenance
-from ..configs import CPU_DEVICE
+from ..configs import interpreter_device_name
 from ..shapes import KernelShape
 from . import shard as shard_io
 from .compile import CompilePool
@@ -66,7 +66,7 @@ class TuneJob:
 
             device = torch.cuda.get_device_name(self.device)
         else:
-            device = CPU_DEVICE
+            device = interpreter_device_name()
         return {
             "key": s.key, "dtype": s.dtype, "E": s.E, "N": s.N, "K": s.K, "topk": s.topk,
             "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
