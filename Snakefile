@@ -29,6 +29,8 @@ localrules:
 rule all:
     default_target: True
     input:
+        # The tune records too: one set aside by moekernel.pipeline.recover (a shard went missing) is rebuilt.
+        PLAN.tuned_records(),
         DATABASE,
         SELECTED,
         rules.report.output,

@@ -12,9 +12,15 @@ sys.path.insert(0, str(REPO))  # moekernel from this checkout, installed or not 
 
 from moekernel.pipeline import gpus, plan, recover
 
-# A config.yaml in the working directory, else the repo's example; --configfile replaces both.
+# A config.yaml in the working directory, else the repo's example; --configfile replaces both. Read here first,
+# so a YAML error names its file and line (Snakemake's own message names neither).
 if not workflow.overwrite_configfiles:
-    workflow.configfile("config.yaml" if Path("config.yaml").exists() else str(REPO / "config.yaml"))
+    CONFIG_FILE = "config.yaml" if Path("config.yaml").exists() else str(REPO / "config.yaml")
+    try:
+        plan.read_yaml(CONFIG_FILE)
+    except plan.ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
+    workflow.configfile(CONFIG_FILE)
 
 VISIBLE_GPUS = gpus.visible_gpus()
 GPU_MODELS = gpus.gpu_models(VISIBLE_GPUS)

@@ -90,6 +90,19 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}"
 
 
+def read_yaml(path) -> dict:
+    """A config file's mapping; a YAML error names the file, line and column."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys (models: ..., tp_sizes: ...)")
+    return data
+
+
 def load_schema(schema_path: Path = SCHEMA_PATH) -> dict:
     """The config schema, with the lists that code owns filled in (the dtypes of moekernel.models)."""
     from moekernel.models import ALLOWED_DTYPES

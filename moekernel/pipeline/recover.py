@@ -1,10 +1,11 @@
 """Before a run: look at what earlier runs left, and set aside what is broken so this run rebuilds it.
 
 Snakemake trusts a file that exists. A tune job's record (``tuned.json``) exists only if every shard it names was
-complete when it was written, but a shard can be deleted or damaged since: then its record is moved aside, so the
-tune job runs again and tunes only what is missing (the shards it finds whole are kept). A shard that cannot be read
-is moved to ``superseded/`` as ``.corrupt`` (kept for a look, never read again), and so is a database that DuckDB
-cannot open (``tuning.duckdb.corrupt-<time>``), which is then rebuilt from the shards. Nothing is deleted.
+complete when it was written, but a shard can be deleted or damaged since: then its record (bookkeeping, not a
+measurement) is removed, so the tune job runs again and tunes only what is missing (the shards it finds whole are
+kept). A shard that cannot be read is moved to ``superseded/`` as ``.corrupt`` (kept for a look, never read again),
+and a database that DuckDB cannot open is renamed (``tuning.duckdb.corrupt-<time>``) and rebuilt from the shards.
+No measurement is ever deleted.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def _stamp() -> str:
 
 
 def check_tune_records(records: list[str]) -> list[str]:
-    """Records whose shards are missing or unreadable are moved aside (``.stale``); returns what was done."""
+    """Records whose shards are missing or unreadable are removed (their jobs run again); returns what was done."""
     said = []
     for record in map(Path, records):
         if not record.is_file():
@@ -39,7 +40,7 @@ def check_tune_records(records: list[str]) -> list[str]:
                 kept = shard_io.supersede(shard, "not readable as a shard")
                 problems.append(f"{shard} cannot be read (set aside as {kept})")
         if problems:
-            record.rename(record.with_name(f"{record.name}.stale-{_stamp()}"))
+            record.unlink()
             said.append("; ".join(problems) + f": its tune job runs again ({record.parent.name}), keeping its "
                         "complete shards")
     return said
