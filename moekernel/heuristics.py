@@ -3,13 +3,25 @@
 The rule follows how the tuned tables move with the tokens each expert receives (M * topk / E): small row
 blocks and deep K steps while the GEMMs are weight-bandwidth bound, then large square-ish tiles once they are
 compute bound. It is checked against the engines' own default (``engine_default_config``) in BENCHMARKS.md.
+
+The launch parameters themselves are defined here too: the engines' six (:data:`PARAMS`) and moekernel's own
+(:data:`EXTENDED_PARAMS`).
 """
 
 from __future__ import annotations
 
 from .dtypes import info as dtype_info
 
+#: The engines' launch parameters, in the order their files list them.
 PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+#: moekernel's launch parameters beyond the engines' six, with the default that means "as the engines' kernel":
+#: SPLIT_K, programs per down-GEMM output tile, each reducing a contiguous slice of N (a power of two).
+EXTENDED_PARAMS = {"SPLIT_K": 1}
+#: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
+#: a config for both GEMMs applies them to the down GEMM, and an "up" config must leave them at their default.
+DOWN_ONLY_PARAMS = ("SPLIT_K",)
+#: Every launch parameter, as moekernel's own config files list them.
+ALL_PARAMS = PARAMS + tuple(EXTENDED_PARAMS)
 
 #: Opt-in shared memory per block on Hopper (H100/H200): the limit when the device cannot be asked, and the one the
 #: interpreter prunes with, so pruning on a CPU behaves as on the GPU the results are meant for.
@@ -22,6 +34,22 @@ def smem_upper_bound(config: dict, a_bytes: int, b_bytes: int) -> int:
     may run.)"""
     bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
     return config["num_stages"] * (bm * bk * a_bytes + bk * bn * b_bytes)
+
+
+def is_split(config) -> bool:
+    """Whether ``config`` is {"up": .., "down": ..} rather than one dict for both GEMMs."""
+    return isinstance(config, dict) and ("up" in config or "down" in config)
+
+
+def up_down(config) -> tuple:
+    """The (up, down) parts of a config, unvalidated: a split config's two dicts, or one dict for both GEMMs whose
+    down-only parameters go to the down GEMM alone."""
+    if not is_split(config):
+        up = {k: v for k, v in config.items() if k not in DOWN_ONLY_PARAMS} if isinstance(config, dict) else config
+        return up, config
+    if set(config) != {"up", "down"}:
+        raise ValueError(f"a split config has exactly the keys 'up' and 'down'; got {sorted(config)}")
+    return config["up"], config["down"]
 
 
 def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None = None,
