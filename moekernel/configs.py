@@ -119,10 +119,11 @@ def _read_extended(path: Path) -> dict[int, dict]:
         if not isinstance(value, dict) or set(value) != {"up", "down"}:
             raise ValueError(f"{path}: batch size {m} must hold exactly 'up' and 'down'")
         for gemm, cfg in value.items():
-            missing = [p for p in ALL_PARAMS if p not in cfg]
+            missing = [p for p in PARAMS if p not in cfg]
             if missing:
                 raise ValueError(f"{path}: batch size {m} {gemm} lacks {', '.join(missing)}")
-        out[m] = {gemm: {p: value[gemm][p] for p in ALL_PARAMS} for gemm in ("up", "down")}
+        # An extended parameter newer than the file takes its default (the engines' behaviour).
+        out[m] = {gemm: {p: value[gemm].get(p, EXTENDED_PARAMS.get(p)) for p in ALL_PARAMS} for gemm in ("up", "down")}
     return out
 
 

@@ -134,6 +134,10 @@ def test_extended_file_round_trip_holds_every_parameter_of_both_gemms(tmp_path):
     assert loaded[1] == {"up": dict(CFG, SPLIT_K=1), "down": dict(CFG, SPLIT_K=2)}
     assert loaded[2]["down"] == dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4)
     assert loaded[64]["up"] == loaded[64]["down"] == dict(CFG, BLOCK_SIZE_M=64, **EXTENDED_PARAMS)
+    # A file written before an extended parameter existed reads as its default.
+    del data["configs"]["1"]["down"]["SPLIT_K"]
+    a.write_text(json.dumps(data))
+    assert configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])[1]["down"]["SPLIT_K"] == 1
 
 
 def test_lookup_reads_our_own_file_before_the_engine_file(tmp_path, monkeypatch):
