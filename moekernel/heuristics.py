@@ -107,7 +107,7 @@ def down_split_k(M: int, E: int, N: int, K: int, topk: int, down: dict, dtype: s
     tile 16x128x128 gives 2 experts x 32 column blocks = 64 programs on 132 SMs, each streaming 128 x 7168 x 2 B
     = 1.8 MB of one expert's weights, 117 MB in all (a 24 us floor at 4.8 TB/s). SPLIT_K=2 gives 128 programs of
     28 K steps each, 0.9 MB apiece; the extra traffic is 2 rows x 4096 x 4 B x (2 atomic adds + 1 zeroing + 1
-    read by the sum) = 128 KB (0.1% of the weights) and one memset node. With the weight stream spread over 128
+    read by the sum) = 128 KB (0.1% of the weights) and one zero-fill launch. With the weight stream spread over 128
     instead of 64 SMs the down GEMM should take ~35-45% less (toward the floor), the whole call ~15-25% less (the
     up GEMM, 235 MB over 224 programs, is unchanged); vLLM's split-K PR measured -29% at batch 1 on an H200.
     Where it applies among the catalog's shapes: M=1 only, and only where E/topk is small (Mixtral-8x7B, Jamba,

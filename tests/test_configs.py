@@ -120,7 +120,8 @@ CFG = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, 
 def test_extended_file_round_trip_holds_every_parameter_of_both_gemms(tmp_path):
     name = configs.extended_config_file_name(8, 7168, device_name="NVIDIA_H200")
     assert name == "E=8,N=7168,device_name=NVIDIA_H200.moekernel.json"
-    assert not configs.is_engine_file_name(name) and configs.is_engine_file_name(configs.config_file_name(8, 7168, device_name="D"))
+    assert not configs.is_engine_file_name(name)
+    assert configs.is_engine_file_name(configs.config_file_name(8, 7168, device_name="NVIDIA_H200"))
     table = {1: dict(CFG, SPLIT_K=2),  # one dict for both GEMMs: SPLIT_K is the down GEMM's
              2: {"up": CFG, "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4)},
              64: dict(CFG, BLOCK_SIZE_M=64)}
@@ -162,7 +163,8 @@ def test_lookup_reads_our_own_file_before_the_engine_file(tmp_path, monkeypatch)
     ('{"1": {}}', "not a moekernel config file"),
     ('{"format": "moekernel-configs", "version": 2, "configs": {}}', "version 2"),
     ('{"format": "moekernel-configs", "version": 1, "configs": {"1": {"up": {}}}}', "exactly 'up' and 'down'"),
-    ('{"format": "moekernel-configs", "version": 1, "configs": {"1": {"up": {}, "down": {}}}}', "up lacks BLOCK_SIZE_M"),
+    ('{"format": "moekernel-configs", "version": 1, "configs": {"1": {"up": {}, "down": {}}}}',
+     "up lacks BLOCK_SIZE_M"),
 ])
 def test_bad_extended_file_is_named(tmp_path, text, match):
     (tmp_path / configs.extended_config_file_name(4, 64, device_name="D")).write_text(text)

@@ -3,7 +3,7 @@
 Launches per call: one alignment kernel, one up-GEMM kernel (x·w1 gate and up halves with silu(gate)*up in its
 epilogue, so the [tokens, 2N] intermediate never reaches memory), activation quantization where the dtype needs
 it, one down-GEMM kernel (routing weight in its epilogue) and one top-k sum (skipped for top-1 without an
-expert map). A down GEMM with SPLIT_K > 1 adds one memset of its float32 output, and always needs the sum.
+expert map). A down GEMM with SPLIT_K > 1 adds one zero fill of its float32 output, and always needs the sum.
 
 Config semantics match the engines' files: BLOCK_SIZE_N of the up GEMM counts weight rows, gate and up together,
 so a file tuned for vLLM's kernel puts the same tile footprint on this one. Beyond the engines' six parameters a
@@ -274,7 +274,7 @@ class _Call:
         spec, ws = self.spec, self.ws
         a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup, slot=1 if self._dynamic_a2 else 0)
         if ws.split_k > 1 and not warmup:
-            ws.down_out.zero_()  # one memset: captured in a CUDA graph like a kernel
+            ws.down_out.zero_()  # one fill launch, captured in a CUDA graph like the kernels
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
                      n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, warmup=warmup)
 
