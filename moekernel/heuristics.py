@@ -3,13 +3,34 @@
 The rule follows how the tuned tables move with the tokens each expert receives (M * topk / E): small row
 blocks and deep K steps while the GEMMs are weight-bandwidth bound, then large square-ish tiles once they are
 compute bound. It is checked against the engines' own default (``engine_default_config``) in BENCHMARKS.md.
+With ``extended=True`` it may also split the down GEMM's reduction (SPLIT_K, :func:`down_split_k`), a parameter
+the engines' files cannot hold.
+
+The launch parameters themselves are defined here too: the engines' six (:data:`PARAMS`) and moekernel's own
+(:data:`EXTENDED_PARAMS`).
 """
 
 from __future__ import annotations
 
 from .dtypes import info as dtype_info
 
+#: The engines' launch parameters, in the order their files list them.
 PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+#: moekernel's launch parameters beyond the engines' six, with the default that means "as the engines' kernel":
+#: SPLIT_K, programs per down-GEMM output tile, each reducing a contiguous slice of N (a power of two).
+EXTENDED_PARAMS = {"SPLIT_K": 1}
+#: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
+#: a config for both GEMMs applies them to the down GEMM, and an "up" config must leave them at their default.
+DOWN_ONLY_PARAMS = ("SPLIT_K",)
+#: Every launch parameter, as moekernel's own config files list them.
+ALL_PARAMS = PARAMS + tuple(EXTENDED_PARAMS)
+
+#: Streaming multiprocessors of an H100/H200 SXM: the wave of programs the split-K rule fills.
+HOPPER_SMS = 132
+#: The fewest K steps a split-K program reduces, so that its pipelined loads still overlap.
+MIN_SPLIT_K_STEPS = 4
+#: The most the split's extra traffic (float32 partials added, zeroed, read back) may be of the weights' bytes.
+MAX_SPLIT_K_TRAFFIC = 1 / 16
 
 #: Opt-in shared memory per block on Hopper (H100/H200): the limit when the device cannot be asked, and the one the
 #: interpreter prunes with, so pruning on a CPU behaves as on the GPU the results are meant for.
@@ -24,9 +45,28 @@ def smem_upper_bound(config: dict, a_bytes: int, b_bytes: int) -> int:
     return config["num_stages"] * (bm * bk * a_bytes + bk * bn * b_bytes)
 
 
+def is_split(config) -> bool:
+    """Whether ``config`` is {"up": .., "down": ..} rather than one dict for both GEMMs."""
+    return isinstance(config, dict) and ("up" in config or "down" in config)
+
+
+def up_down(config) -> tuple:
+    """The (up, down) parts of a config, unvalidated: a split config's two dicts, or one dict for both GEMMs whose
+    down-only parameters go to the down GEMM alone."""
+    if not is_split(config):
+        up = {k: v for k, v in config.items() if k not in DOWN_ONLY_PARAMS} if isinstance(config, dict) else config
+        return up, config
+    if set(config) != {"up", "down"}:
+        raise ValueError(f"a split config has exactly the keys 'up' and 'down'; got {sorted(config)}")
+    return config["up"], config["down"]
+
+
 def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None = None,
-                   block_shape=None) -> dict:
-    """Our default for (M, shape): see the module docstring."""
+                   block_shape=None, *, extended: bool = False) -> dict:
+    """Our default for (M, shape): see the module docstring. The six engine parameters, for both GEMMs, which an
+    engine file or vLLM's kernel can take; ``extended=True``: {"up": .., "down": {.., "SPLIT_K": s}} where
+    :func:`down_split_k` splits the down GEMM, else the same six parameters (what moekernel's lookup falls back
+    to)."""
     tokens_per_expert = M * topk / max(E, 1)
     facts = dtype_info(dtype or "bf16")  # None: unquantized
     one_byte = facts.act_bytes == 1
@@ -48,7 +88,49 @@ def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None 
     cfg["BLOCK_SIZE_N"] = max(32, min(cfg["BLOCK_SIZE_N"], _pow2_at_least(min(2 * N, K))))
     while cfg["num_stages"] > 2 and smem_upper_bound(cfg, facts.act_bytes, facts.weight_bytes) > HOPPER_SMEM_BYTES:
         cfg["num_stages"] -= 1
-    return cfg
+    split_k = down_split_k(M, E, N, K, topk, cfg, dtype) if extended else 1
+    if split_k == 1:
+        return cfg
+    return {"up": cfg, "down": dict(cfg, SPLIT_K=split_k)}
+
+
+def down_split_k(M: int, E: int, N: int, K: int, topk: int, down: dict, dtype: str | None = None) -> int:
+    """SPLIT_K for the down GEMM ([M·topk, N] × [N, K] per expert) under the launch config ``down``.
+
+    The down GEMM has one program per (BLOCK_SIZE_M rows of an expert, BLOCK_SIZE_N of K's columns); at small M
+    that is too few to keep every SM streaming weights. The rule takes the largest power of two that keeps the
+    grid within one wave of HOPPER_SMS programs (a second, partial wave would cost what the split saved), and
+    stops where a split would reduce fewer than MIN_SPLIT_K_STEPS K steps or its extra traffic would exceed
+    MAX_SPLIT_K_TRAFFIC of the weights the GEMM reads.
+
+    Prediction for Mixtral-8x7B tp=2 (E=8, N=7168, K=4096, top-2), bf16, M=1 (not measurable here): the default
+    tile 16x128x128 gives 2 experts x 32 column blocks = 64 programs on 132 SMs, each streaming 128 x 7168 x 2 B
+    = 1.8 MB of one expert's weights, 117 MB in all (a 24 us floor at 4.8 TB/s). SPLIT_K=2 gives 128 programs of
+    28 K steps each, 0.9 MB apiece; the extra traffic is 2 rows x 4096 x 4 B x (2 atomic adds + 1 zeroing + 1
+    read by the sum) = 128 KB (0.1% of the weights) and one zero-fill launch. With the weight stream spread over 128
+    instead of 64 SMs the down GEMM should take ~35-45% less (toward the floor), the whole call ~15-25% less (the
+    up GEMM, 235 MB over 224 programs, is unchanged); vLLM's split-K PR measured -29% at batch 1 on an H200.
+    Where it applies among the catalog's shapes: M=1 only, and only where E/topk is small (Mixtral-8x7B, Jamba,
+    Qwen1.5-MoE, Llama-4-Scout); expected grids of 67 to 132 programs are not split (two half-size waves take
+    as long as one).
+    """
+    facts = dtype_info(dtype or "bf16")
+    hit = E * (1 - (1 - min(topk, E) / E) ** M)  # experts hit by uniform routing, expected
+    rows = M * topk
+    m_tiles = hit * -(-(rows / hit) // down["BLOCK_SIZE_M"])
+    programs = m_tiles * -(-K // down["BLOCK_SIZE_N"])
+    k_steps = -(-N // down["BLOCK_SIZE_K"])
+    weight_bytes = hit * N * K * facts.weight_bytes
+
+    def fits(split: int) -> bool:
+        extra_bytes = rows * K * 4 * (split + 2)  # float32 partials: added split times, zeroed, read by the sum
+        return (programs * split <= HOPPER_SMS and k_steps // split >= MIN_SPLIT_K_STEPS
+                and extra_bytes <= MAX_SPLIT_K_TRAFFIC * weight_bytes)
+
+    split = 1
+    while fits(2 * split):
+        split *= 2
+    return split
 
 
 def engine_default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None = None,

@@ -7,7 +7,8 @@ import torch
 
 from moekernel.bench import cli, table
 from moekernel.bench import sources as bench_sources
-from moekernel.configs import write_config_file
+from moekernel.configs import write_config_file, write_extended_config_file
+from moekernel.heuristics import PARAMS
 from moekernel.shapes import KernelShape
 
 H100 = "NVIDIA_H100_80GB_HBM3"
@@ -21,6 +22,7 @@ def test_folder_falls_back_to_another_devices_file_and_says_so(tmp_path):
     write_config_file(tmp_path / "E=4,N=64,device_name=NVIDIA_A100,dtype=fp8_w8a8.json", {1: CFG})
     write_config_file(tmp_path / "E=4,N=128,device_name=NVIDIA_A100.json", {1: CFG})
     write_config_file(tmp_path / "E=4,N=64,device_name=NVIDIA_A100_down.json", {1: CFG})  # a split twin, not a file
+    write_extended_config_file(tmp_path / "E=4,N=64,device_name=NVIDIA_A100.moekernel.json", {1: CFG})  # ours, neither
     path, device, message = bench_sources.find_config_file(tmp_path, TINY, "NVIDIA_H200")
     assert path == h100 and device == H100
     assert "NVIDIA_H200" in message and h100.name in message and "falling back" in message
@@ -61,6 +63,14 @@ def test_table_and_summary_flag_mismatches_and_compute_speedups():
     assert md[0].startswith("| M |") and set(md[1]) <= set("|-:") and len(md) == 4
 
 
+def test_default_may_split_k_and_default_six_keeps_the_engines_parameters():
+    mixtral = KernelShape.from_key("E8-N7168-K4096-top2-bf16")
+    extended, _ = bench_sources.Source("default", "heuristic", "default").config(mixtral, 1)
+    six, _ = bench_sources.Source("default-six", "heuristic", "default-six").config(mixtral, 1)
+    assert extended["down"]["SPLIT_K"] > 1 and set(six) == set(PARAMS)
+    assert extended["up"] == six
+
+
 def test_key_excludes_explicit_shape_options():
     with pytest.raises(SystemExit):
         cli.main(["--key", "E4-N64-K64-top2-fp16", "--E", "8"])
@@ -83,13 +93,13 @@ def test_main_on_a_tiny_shape_writes_the_json(tmp_path, capsys):
     assert report["key"] == "E4-N64-K64-top2-fp16" and report["interpreter"] is interpreter
     assert (report["ceilings"]["bandwidth_TBps"] is None) == interpreter
     names = [s["name"] for s in report["sources"]]
-    assert names == ["default", "engine-default", f"folder:{folder}"]
+    assert names == ["default", "default-six", "engine-default", f"folder:{folder}"]
     rows = report["rows"]
-    assert len(rows) == 6 and {r["batch_size"] for r in rows} == {1, 4}
+    assert len(rows) == 8 and {r["batch_size"] for r in rows} == {1, 4}
     for r in rows:
         assert r["error"] is None and r["time_us"] > 0 and (r["fraction"] is None) == interpreter, r
         assert r["mismatch"] is False and r["bytes"] > 0 and r["flops"] == 2 * r["batch_size"] * 2 * 3 * 64 * 64
     folder_rows = {r["batch_size"]: r for r in rows if r["source"].startswith("folder:")}
     assert folder_rows[4]["config_batch_size"] == 4 and folder_rows[4]["config"]["BLOCK_SIZE_N"] == 64
-    default_rows = [r for r in rows if r["source"] == "default"]
-    assert all(r["ref_error"] < 2e-2 for r in default_rows)
+    default_rows = [r for r in rows if r["source"] in ("default", "default-six")]
+    assert len(default_rows) == 4 and all(r["ref_error"] < 2e-2 for r in default_rows)

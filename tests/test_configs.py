@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from moekernel import configs
-from moekernel.heuristics import HOPPER_SMEM_BYTES, PARAMS, default_config, smem_upper_bound
+from moekernel.heuristics import (ALL_PARAMS, EXTENDED_PARAMS, HOPPER_SMEM_BYTES, PARAMS, default_config, down_split_k,
+                                  smem_upper_bound)
 
 DATA = Path(__file__).parent.parent / "benchmarks" / "vllm-h100-configs"
 H100 = "NVIDIA_H100_80GB_HBM3"
@@ -109,3 +110,98 @@ def test_default_config_fits_hopper_and_block_quant(M, dtype, block):
     assert smem_upper_bound(cfg, 1 if one else 2, 1 if dtype else 2) <= HOPPER_SMEM_BYTES
     if block:
         assert block[1] % cfg["BLOCK_SIZE_K"] == 0
+
+
+# ---- moekernel's own files (parameters beyond the engines' six) --------------------------------------------------
+
+CFG = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
+
+
+def test_extended_file_round_trip_holds_every_parameter_of_both_gemms(tmp_path):
+    name = configs.extended_config_file_name(8, 7168, device_name="NVIDIA_H200")
+    assert name == "E=8,N=7168,device_name=NVIDIA_H200.moekernel.json"
+    assert not configs.is_engine_file_name(name)
+    assert configs.is_engine_file_name(configs.config_file_name(8, 7168, device_name="NVIDIA_H200"))
+    table = {1: dict(CFG, SPLIT_K=2),  # one dict for both GEMMs: SPLIT_K is the down GEMM's
+             2: {"up": CFG, "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4)},
+             64: dict(CFG, BLOCK_SIZE_M=64)}
+    a = configs.write_extended_config_file(tmp_path / name, table, triton_version="3.6.0")
+    b = configs.write_extended_config_file(tmp_path / "b.json", dict(reversed(table.items())), triton_version="3.6.0")
+    assert a.read_bytes() == b.read_bytes()
+    data = json.loads(a.read_text())
+    assert list(data) == ["format", "version", "triton_version", "configs"] and data["version"] == 1
+    assert list(data["configs"]["1"]["down"]) == list(ALL_PARAMS)
+    loaded = configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])
+    assert loaded[1] == {"up": dict(CFG, SPLIT_K=1), "down": dict(CFG, SPLIT_K=2)}
+    assert loaded[2]["down"] == dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4)
+    assert loaded[64]["up"] == loaded[64]["down"] == dict(CFG, BLOCK_SIZE_M=64, **EXTENDED_PARAMS)
+    # A file written before an extended parameter existed reads as its default.
+    del data["configs"]["1"]["down"]["SPLIT_K"]
+    a.write_text(json.dumps(data))
+    assert configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])[1]["down"]["SPLIT_K"] == 1
+
+
+def test_lookup_reads_our_own_file_before_the_engine_file(tmp_path, monkeypatch):
+    own = configs.extended_config_file_name(4, 64, device_name="D")
+    configs.write_config_file(tmp_path / configs.config_file_name(4, 64, device_name="D"), {1: CFG})
+    configs.write_extended_config_file(tmp_path / own, {1: dict(CFG, SPLIT_K=2)})
+    assert configs.load_configs(4, 64, device_name="D", folders=[tmp_path])[1]["down"]["SPLIT_K"] == 2
+    assert configs.load_configs(4, 64, device_name="D", folders=[tmp_path], extended=False)[1] == CFG
+    # Folder order still comes first: an engine file in an earlier folder wins over our file in a later one.
+    first = tmp_path / "first"
+    configs.write_config_file(first / configs.config_file_name(4, 64, device_name="D"), {1: dict(CFG, BLOCK_SIZE_M=32)})
+    monkeypatch.setenv(configs.ENV_FOLDER, str(tmp_path))
+    assert configs.load_configs(4, 64, device_name="D", folders=[first])[1]["BLOCK_SIZE_M"] == 32
+    # The runtime lookup (what fused_experts uses without a config).
+    monkeypatch.setattr(configs, "_current_device_name", lambda: "D")
+    configs._cached_configs.cache_clear()
+    assert configs.get_config(1, 4, 64, 128, 2)["down"]["SPLIT_K"] == 2
+    configs._cached_configs.cache_clear()
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"1": {}}', "not a moekernel config file"),
+    ('{"format": "moekernel-configs", "version": 2, "configs": {}}', "version 2"),
+    ('{"format": "moekernel-configs", "version": 1, "configs": {"1": {"up": {}}}}', "exactly 'up' and 'down'"),
+    ('{"format": "moekernel-configs", "version": 1, "configs": {"1": {"up": {}, "down": {}}}}',
+     "up lacks BLOCK_SIZE_M"),
+])
+def test_bad_extended_file_is_named(tmp_path, text, match):
+    (tmp_path / configs.extended_config_file_name(4, 64, device_name="D")).write_text(text)
+    with pytest.raises(ValueError, match=match):
+        configs.load_configs(4, 64, device_name="D", folders=[tmp_path])
+
+
+def test_engine_files_hold_exactly_the_six_integer_parameters(tmp_path):
+    path = configs.write_config_file(tmp_path / "e.json", {1: dict(CFG, SPLIT_K=1), 8: CFG}, triton_version="3.6.0")
+    data = json.loads(path.read_text())
+    for m in ("1", "8"):
+        assert list(data[m]) == list(PARAMS) and all(type(v) is int for v in data[m].values())
+    with pytest.raises(ValueError, match="SPLIT_K.*write_extended_config_file"):
+        configs.format_config_file({1: dict(CFG, SPLIT_K=2)})
+
+
+MIXTRAL_TP2 = (8, 7168, 4096, 2)
+
+
+def test_default_splits_the_down_gemm_only_where_its_grid_is_small():
+    six = default_config(1, *MIXTRAL_TP2)
+    extended = default_config(1, *MIXTRAL_TP2, extended=True)
+    # 2 experts x 4096 / 128 columns = 64 programs for 132 SMs: two splits of 28 K steps each.
+    assert extended == {"up": six, "down": dict(six, SPLIT_K=2)}
+    assert down_split_k(1, *MIXTRAL_TP2, six) == 2
+    # A split shorter than MIN_SPLIT_K_STEPS K steps does not pay: N=256 is two steps of 128.
+    assert down_split_k(1, 8, 256, 4096, 2, six) == 1
+
+
+@pytest.mark.parametrize("shape", [MIXTRAL_TP2, (8, 1792, 4096, 2), (128, 768, 2048, 8), (16, 8192, 5120, 1),
+                                   (256, 256, 7168, 8)])
+@pytest.mark.parametrize("dtype,block", [(None, None), ("fp8_w8a8", None), ("fp8_w8a8", (128, 128))])
+def test_extended_default_differs_from_the_six_parameter_default_only_by_split_k(shape, dtype, block):
+    for M in configs.STANDARD_BATCH_SIZES:
+        six = default_config(M, *shape, dtype, block)
+        assert set(six) == set(PARAMS)
+        extended = default_config(M, *shape, dtype, block, extended=True)
+        if extended != six:
+            assert extended["up"] == six and extended["down"] == dict(six, SPLIT_K=extended["down"]["SPLIT_K"])
+            assert shape[1] // extended["down"]["SPLIT_K"] >= six["BLOCK_SIZE_K"]

@@ -221,6 +221,98 @@ def test_block_quant_rejects_k_tile_wider_than_group(device):
         moekernel.fused_experts(**inputs.kwargs(), config=dict(SMALL, BLOCK_SIZE_K=64))
 
 
+# ---- split-K down GEMM ------------------------------------------------------------------------------------------
+
+# N=100: four K steps of 32 in the down GEMM (the last one partial, so EVEN_K is false) for SPLIT_K up to 4.
+SPLIT_SHAPES = [
+    KernelShape(4, 100, 72, 2, "fp16"),
+    KernelShape(4, 100, 72, 2, "bf16"),
+    KernelShape(4, 128, 64, 2, "fp8_w8a8"),  # N a multiple of BLOCK_SIZE_K: EVEN_K
+    KernelShape(4, 100, 128, 2, "fp8_w8a8", block_shape=(128, 128)),
+    KernelShape(4, 100, 64, 2, "fp8_w8a8", per_channel=True),
+    KernelShape(4, 100, 72, 2, "int8_w8a16"),
+    KernelShape(4, 100, 64, 2, "int8_w8a8"),
+]
+SPLIT = dict(SMALL, BLOCK_SIZE_N=64)  # fewer up-GEMM programs keep the interpreter quick
+
+
+def static_scales(inputs):
+    """Static per-tensor activation scales, as a checkpoint ships them (the reference uses the same)."""
+    inputs.a1_scale = (inputs.hidden_states.abs().amax().float() / 448).reshape(1)
+    inputs.a2_scale = torch.tensor([4 / 448], dtype=torch.float32, device=inputs.hidden_states.device)
+    return inputs
+
+
+def check_split(inputs, config, bound, again=False):
+    call = make_runner(inputs, config)
+    for buf in (call.ws.out, call.ws.down_out, call.ws.inter):
+        buf.fill_(float("nan"))
+    out = call().clone()
+    ref = fused_experts_ref(**inputs.kwargs())
+    assert torch.isfinite(out).all(), "some output element was never written"
+    err = relative_error(out, ref)
+    assert err < bound, f"relative error {err:.2e}"
+    if again:
+        # The partial sums start from zero on every call, not from the last call's.
+        assert relative_error(call(), out) < 1e-3
+    return call, out
+
+
+@pytest.mark.parametrize("split_k", [2, 4])
+@pytest.mark.parametrize("M", [1, 13])
+@pytest.mark.parametrize("shape,static", [(s, False) for s in SPLIT_SHAPES] + [(SPLIT_SHAPES[2], True)],
+                         ids=lambda v: v.key if isinstance(v, KernelShape) else ("static" if v else "dynamic"))
+def test_split_k_matches_reference(shape, static, M, split_k, device):
+    inputs = make_inputs(shape, M, device=device, seed=M)
+    if static:
+        static_scales(inputs)
+    call, _ = check_split(inputs, dict(SPLIT, SPLIT_K=split_k), BOUND[shape.dtype])
+    assert call.ws.down_out.dtype == torch.float32 and call.ws.split_k == split_k
+
+
+@pytest.mark.parametrize("split_k", [2, 4])
+def test_split_k_top1_sums_instead_of_writing_directly(split_k, device):
+    inputs = make_inputs(KernelShape(4, 100, 72, 1, "fp16"), 9, device=device)
+    call, _ = check_split(inputs, dict(SPLIT, SPLIT_K=split_k), BOUND["fp16"], again=True)
+    assert not call.ws.direct
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp8_w8a8"])
+def test_split_k_expert_parallel(dtype, device):
+    # 6 global experts, this rank holds 0, 2, 4 and 5; tokens 0-2 pick only foreign ones and must come out zero.
+    inputs = make_inputs(KernelShape(4, 128, 64, 2, dtype), 10, device=device)
+    inputs.expert_map = torch.tensor([0, -1, 1, -1, 2, 3], dtype=torch.int32, device=device)
+    gen = torch.Generator().manual_seed(7)
+    inputs.topk_ids = torch.randint(0, 6, (10, 2), dtype=torch.int32, generator=gen).to(device)
+    inputs.topk_ids[:3] = torch.tensor([1, 3], dtype=torch.int32, device=device)
+    _, out = check_split(inputs, dict(SPLIT, SPLIT_K=2), BOUND[dtype])
+    assert torch.all(out[:3] == 0)
+
+
+def test_split_k_in_a_split_config_and_more_splits_than_k_steps(device):
+    # SPLIT_K=8 over four K steps: half the programs have nothing to add.
+    inputs = make_inputs(KernelShape(4, 100, 72, 2, "fp16"), 5, device=device)
+    check_split(inputs, {"up": SPLIT, "down": dict(SMALL, SPLIT_K=8)}, BOUND["fp16"])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(SMALL, SPLIT_K=3), "SPLIT_K must be a power of two"),
+    (dict(SMALL, SPLIT_K=0), "SPLIT_K must be a positive integer"),
+    ({"up": SMALL, "down": dict(SMALL, SPLIT_K=2.0)}, "SPLIT_K must be a positive integer"),
+    ({"up": dict(SMALL, SPLIT_K=2), "down": SMALL}, "SPLIT_K applies to the down GEMM only"),
+])
+def test_bad_split_k_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        normalize_config(bad)
+
+
+def test_split_k_goes_to_the_down_gemm():
+    up, down = normalize_config(dict(SMALL, SPLIT_K=4))
+    assert (up["SPLIT_K"], down["SPLIT_K"]) == (1, 4)
+    assert normalize_config({"up": dict(SMALL, SPLIT_K=1), "down": SMALL})[1]["SPLIT_K"] == 1
+    assert normalize_config(SMALL)[1]["SPLIT_K"] == 1
+
+
 # ---- GPU only ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.cuda
@@ -233,7 +325,8 @@ def test_gpu_realistic_shapes(dtype, extra, M):
     # Mixtral's expert shape at tp=8 with a quarter of the experts, to keep the reference quick.
     shape = KernelShape(8, 1792, 4096, 2, dtype, **extra)
     bound = 1e-2 if dtype in ("bf16", "fp16") else 3e-2
-    for cfg in (dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4),
+    small_m = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
+    for cfg in (small_m, dict(small_m, SPLIT_K=2), dict(small_m, SPLIT_K=4),
                 dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=3)):
         inputs = make_inputs(shape, M, device="cuda", seed=M)
         out = run_poisoned(inputs, cfg)
@@ -242,10 +335,12 @@ def test_gpu_realistic_shapes(dtype, extra, M):
 
 
 @pytest.mark.cuda
-def test_gpu_cuda_graph_replay_matches_eager():
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_gpu_cuda_graph_replay_matches_eager(split_k):
+    # Two partials added to zero give the same sum in either order, so SPLIT_K=2 is bit-exact too (4 need not be).
     shape = KernelShape(8, 256, 512, 2, "bf16")
     inputs = make_inputs(shape, 33, device="cuda")
-    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64))
+    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k))
     eager = call().clone()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -263,16 +358,20 @@ def _compiled_binaries(fn) -> int:
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("split_k", [1, 2])
 @pytest.mark.parametrize("extra", [{"block_shape": (128, 128)}, {}, None], ids=["block", "per-tensor", "bf16"])
-def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra):
+def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k):
     from moekernel.kernel import _kernels
     from moekernel.kernel.moe import compile_config
 
     shape = KernelShape(8, 256, 512, 2, "bf16") if extra is None else KernelShape(8, 256, 512, 2, "fp8_w8a8", **extra)
-    cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
+    cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3,
+               SPLIT_K=split_k)
     compile_config(shape, 77, cfg)
-    before = _compiled_binaries(_kernels._fused_moe_gemm)
+    kernels = (_kernels._fused_moe_gemm, _kernels._moe_sum)
+    before = [_compiled_binaries(k) for k in kernels]
     check(shape, 77, config=cfg, device="cuda")
     # A launch whose arguments specialise differently (say, a pointer off 16-byte alignment) would compile anew,
-    # and the tuner's parallel compiling would be wasted.
-    assert _compiled_binaries(_kernels._fused_moe_gemm) == before
+    # and the tuner's parallel compiling would be wasted. The split-K variant adds a float32 down output, which
+    # the top-k sum reads: both kernels' binaries must come from compile_config.
+    assert [_compiled_binaries(k) for k in kernels] == before

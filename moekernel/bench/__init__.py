@@ -18,9 +18,11 @@ A benchmark, not a test::
    the roofline; above 1 means the floor model is wrong (printed anyway).
 3. Sources, all on the same seeded inputs (moekernel.kernel.testing.make_inputs) and timed with the tuner's helper
    (moekernel.kernel.timing.time_callable: CUDA graph of 10 calls, median of the replays):
-   ``default`` (moekernel.heuristics.default_config), ``engine-default`` (what vLLM falls back to without
-   tuned files), ``folder:DIR`` / ``tuned:DIR`` for each ``--configs`` / ``--tuned`` folder (the file for
-   this device, else another device's file of the same E, N, dtype and block shape, said so), and ``torch``
+   ``default`` (moekernel.heuristics.default_config with extended=True: may split the down GEMM, SPLIT_K),
+   ``default-six`` (the same rule held to the engines' six parameters, what an engine file can carry),
+   ``engine-default`` (what vLLM falls back to without tuned files), ``folder:DIR`` / ``tuned:DIR`` for each
+   ``--configs`` / ``--tuned`` folder (its engine file for this device, else another device's engine file of the
+   same E, N, dtype and block shape, said so), and ``torch``
    (torch._grouped_mm where it runs, else a per-expert torch.matmul loop; quantized weights are dequantized
    to bf16 for it). Every output is compared once with the float32 reference.
 

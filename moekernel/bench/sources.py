@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..configs import config_file_name, load_configs, nearest_batch_size
+from ..configs import config_file_name, is_engine_file_name, load_configs, nearest_batch_size
 from ..heuristics import default_config, engine_default_config
 from ..shapes import KernelShape
 
@@ -14,7 +14,7 @@ from ..shapes import KernelShape
 class Source:
     """One way of running the MoE: a config rule, a config file's table, or plain torch."""
 
-    name: str  # default, engine-default, folder:DIR, tuned:DIR, torch
+    name: str  # default, default-six, engine-default, folder:DIR, tuned:DIR, torch
     kind: str  # heuristic, file, torch
     label: str  # table column
     table: dict | None = None  # batch size -> config (kind "file")
@@ -25,6 +25,8 @@ class Source:
         """(config, the file's batch size it came from) — as an engine picks: the nearest batch size."""
         args = (M, shape.E, shape.N, shape.K, shape.topk, shape.dtype, shape.block_shape)
         if self.name == "default":
+            return default_config(*args, extended=True), None
+        if self.name == "default-six":
             return default_config(*args), None
         if self.name == "engine-default":
             return engine_default_config(*args), None
@@ -48,7 +50,7 @@ def find_config_file(folder, shape: KernelShape, device_name: str) -> tuple[Path
     found = {}
     for path in sorted(folder.iterdir()):
         name = path.name
-        if not (path.is_file() and name.startswith(prefix) and name.endswith(suffix)) or name.endswith("_down.json"):
+        if not (path.is_file() and name.startswith(prefix) and name.endswith(suffix) and is_engine_file_name(name)):
             continue
         device = name[len(prefix):len(name) - len(suffix)]
         if device and "," not in device:  # a comma: a longer name (another dtype or block shape)
@@ -69,8 +71,9 @@ def folder_source(prefix: str, folder, shape: KernelShape, device_name: str) -> 
     label = f"{prefix}:{Path(folder).name or folder}"
     if path is None:
         return Source(name, "file", label, note=message)
+    # The engine file found above (and its _down.json twin), what an engine would run: not moekernel's own file.
     table = load_configs(shape.E, shape.N, shape.config_dtype, shape.block_shape, device_name=device,
-                         folders=[Path(folder)])
+                         folders=[Path(folder)], extended=False)
     return Source(name, "file", label, table=table, file=str(path), note=message)
 
 
@@ -136,7 +139,10 @@ def torch_baseline(inputs, shape: KernelShape):
 
 
 def build_sources(args, shape: KernelShape, device_name: str) -> list[Source]:
-    sources = [Source("default", "heuristic", "default", note="moekernel.heuristics.default_config"),
+    sources = [Source("default", "heuristic", "default",
+                      note="moekernel.heuristics.default_config(extended=True), what moekernel falls back to"),
+               Source("default-six", "heuristic", "default-six",
+                      note="moekernel.heuristics.default_config: the six engine parameters only (SPLIT_K=1)"),
                Source("engine-default", "heuristic", "engine-default",
                       note="moekernel.heuristics.engine_default_config (vLLM's fallback without tuned files)")]
     for prefix, folders in (("folder", args.configs), ("tuned", args.tuned)):

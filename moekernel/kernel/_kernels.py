@@ -3,6 +3,8 @@
 The GEMM kernel reads its rows through ``sorted_token_ids`` (tokens grouped by expert, each expert's run padded
 to BLOCK_SIZE_M), so one launch serves every expert. It never specialises on the batch size (``EM`` and
 ``num_valid_tokens`` are marked do_not_specialize): one compiled binary per launch config serves all batch sizes.
+With SPLIT_K > 1 (the down GEMM only) the grid's second axis splits the reduction: each program reduces a contiguous
+run of K steps and adds its partial tile, already scaled, into a zeroed float32 output with atomics.
 """
 
 import triton
@@ -34,6 +36,7 @@ def _fused_moe_gemm(
     INT_ACC: tl.constexpr,  # int8 x int8 accumulates in int32
     DOT_FP32: tl.constexpr,  # interpreter: the CPU's dot on 16-bit floats is unreliable, so upcast
     EVEN_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,  # programs per output tile along grid axis 1; > 1 needs a zeroed float32 c
 ):
     # Programs along M are grouped so that GROUP_SIZE_M row-blocks share the same weight columns in L2.
     pid = tl.program_id(0)
@@ -68,6 +71,22 @@ def _fused_moe_gemm(
     if FUSE_SILU_MUL:
         b2_ptrs = b_ptrs + N * stride_bn
 
+    num_k_steps = tl.cdiv(K, BLOCK_SIZE_K)
+    if SPLIT_K == 1:
+        k_first = 0
+        k_last = num_k_steps
+    else:
+        # Only linear epilogues can be summed after the fact: not silu(gate)*up, not a running max of c.
+        tl.static_assert(not FUSE_SILU_MUL and not OUT_AMAX, "SPLIT_K > 1 is for the down GEMM only")
+        # Whole K steps, spread evenly: the quantization groups, the EVEN_K masks and the tail stay as in one program.
+        pid_k = tl.program_id(1)
+        k_first = pid_k * num_k_steps // SPLIT_K
+        k_last = (pid_k + 1) * num_k_steps // SPLIT_K
+        if k_first >= k_last:
+            return  # more splits than K steps: nothing to add
+        a_ptrs += k_first * BLOCK_SIZE_K * stride_ak
+        b_ptrs += k_first * BLOCK_SIZE_K * stride_bk
+
     if INT_ACC and not DOT_FP32:
         acc_dtype = tl.int32
     else:
@@ -84,7 +103,7 @@ def _fused_moe_gemm(
         if FUSE_SILU_MUL:
             b2_s_ptrs = b_scale_ptr + expert * stride_bse + ((offs_bn + N) // GROUP_N) * stride_bsn
 
-    for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
+    for k in range(k_first, k_last):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=token_mask[:, None], other=0.0)
             b = tl.load(b_ptrs)
@@ -156,12 +175,18 @@ def _fused_moe_gemm(
         w = tl.load(topk_weights_ptr + offs_token, mask=token_mask, other=0.0)
         out = out * w[:, None]
 
-    c = out.to(c_ptr.dtype.element_ty)
-    if OUT_AMAX:
-        # Rows of padding hold zeros and wrapped columns repeat real ones, so neither moves the maximum.
-        tl.atomic_max(amax_ptr, tl.max(tl.max(tl.abs(c.to(tl.float32)), 1), 0))
     c_ptrs = c_ptr + offs_token[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    tl.store(c_ptrs, c, mask=token_mask[:, None] & (offs_n[None, :] < N))
+    c_mask = token_mask[:, None] & (offs_n[None, :] < N)
+    if SPLIT_K == 1:
+        c = out.to(c_ptr.dtype.element_ty)
+        if OUT_AMAX:
+            # Rows of padding hold zeros and wrapped columns repeat real ones, so neither moves the maximum.
+            tl.atomic_max(amax_ptr, tl.max(tl.max(tl.abs(c.to(tl.float32)), 1), 0))
+        tl.store(c_ptrs, c, mask=c_mask)
+    else:
+        # Every factor above (dequantization scales, routing weight) is linear, so each partial carries its own.
+        # Relaxed: the adds only need to be atomic; the next kernel on the stream reads the sums.
+        tl.atomic_add(c_ptrs, out, mask=c_mask, sem="relaxed")
 
 
 @triton.jit
@@ -233,7 +258,8 @@ def _moe_sum(
     c_ptr, out_ptr, topk_ids_ptr, expert_map_ptr, K, stride_cm, stride_om,
     TOPK: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """out[m] = sum over the top-k rows of c; rows of non-local experts were never written and are skipped."""
+    """out[m] = sum over the top-k rows of c (the hidden dtype, or float32 after a split-K down GEMM); rows of
+    non-local experts were never written and are skipped."""
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K

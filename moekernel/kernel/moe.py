@@ -3,10 +3,12 @@
 Launches per call: one alignment kernel, one up-GEMM kernel (x·w1 gate and up halves with silu(gate)*up in its
 epilogue, so the [tokens, 2N] intermediate never reaches memory), activation quantization where the dtype needs
 it, one down-GEMM kernel (routing weight in its epilogue) and one top-k sum (skipped for top-1 without an
-expert map).
+expert map). A down GEMM with SPLIT_K > 1 adds one zero fill of its float32 output, and always needs the sum.
 
 Config semantics match the engines' files: BLOCK_SIZE_N of the up GEMM counts weight rows, gate and up together,
-so a file tuned for vLLM's kernel puts the same tile footprint on this one.
+so a file tuned for vLLM's kernel puts the same tile footprint on this one. Beyond the engines' six parameters a
+config may carry moekernel's own (moekernel.heuristics.EXTENDED_PARAMS): SPLIT_K splits the down GEMM's
+reduction over N between SPLIT_K programs per output tile.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..backend import interpreted
 from ..configs import get_config
 from ..dtypes import QUANT_DTYPES, QuantMode
 from ..dtypes import info as dtype_info
-from ..heuristics import PARAMS, default_config
+from ..heuristics import DOWN_ONLY_PARAMS, EXTENDED_PARAMS, PARAMS, default_config, is_split, up_down
 from . import _kernels
 from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
 from .routing import align_buffers, fused_topk, launch_align
@@ -30,7 +32,8 @@ _OVERRIDES: list = []
 
 @contextlib.contextmanager
 def override_config(config):
-    """Every fused_experts call inside the block uses ``config`` (a six-parameter dict or {"up":, "down":})."""
+    """Every fused_experts call inside the block uses ``config`` (a dict of launch parameters or
+    {"up":, "down":})."""
     normalize_config(config)
     _OVERRIDES.append(config)
     try:
@@ -46,6 +49,7 @@ def _check_one(cfg: dict, where: str) -> dict:
     if missing:
         raise ValueError(f"{where} config lacks {', '.join(missing)} (needs {', '.join(PARAMS)})")
     out = {p: cfg.get(p, default) for p, default in zip(PARAMS, (None, None, None, None, 4, 3))}
+    out.update({p: cfg.get(p, default) for p, default in EXTENDED_PARAMS.items()})
     for p, v in out.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{where} config {p} must be a positive integer, got {v!r}")
@@ -55,22 +59,28 @@ def _check_one(cfg: dict, where: str) -> dict:
             raise ValueError(f"{where} config {p} must be a power of two >= 16, got {v}")
     if out["num_warps"] not in (1, 2, 4, 8, 16):
         raise ValueError(f"{where} config num_warps must be 1, 2, 4, 8 or 16, got {out['num_warps']}")
+    if out["SPLIT_K"] & (out["SPLIT_K"] - 1):
+        raise ValueError(f"{where} config SPLIT_K must be a power of two (1: no split), got {out['SPLIT_K']}")
     return out
 
 
 def normalize_config(config) -> tuple[dict, dict]:
-    """(up, down) configs from a six-parameter dict (used for both GEMMs) or {"up": dict, "down": dict}."""
-    if isinstance(config, dict) and ("up" in config or "down" in config):
-        if set(config) != {"up", "down"}:
-            raise ValueError(f"a split config has exactly the keys 'up' and 'down'; got {sorted(config)}")
-        up, down = _check_one(config["up"], "up"), _check_one(config["down"], "down")
-        if up["BLOCK_SIZE_M"] != down["BLOCK_SIZE_M"]:
-            raise ValueError(
-                "up and down configs must share BLOCK_SIZE_M (one token alignment feeds both GEMMs); got "
-                f"{up['BLOCK_SIZE_M']} and {down['BLOCK_SIZE_M']}"
-            )
-    else:
-        up = down = _check_one(config, "fused-MoE")
+    """(up, down) configs, every parameter filled in (EXTENDED_PARAMS at their defaults), from one dict for both
+    GEMMs (its SPLIT_K applies to the down GEMM) or {"up": dict, "down": dict}."""
+    split = is_split(config)
+    raw_up, raw_down = up_down(config)
+    up = _check_one(raw_up, "up" if split else "fused-MoE")
+    down = _check_one(raw_down, "down" if split else "fused-MoE")
+    for p in DOWN_ONLY_PARAMS:
+        if up[p] != EXTENDED_PARAMS[p]:
+            raise ValueError(f"{p} applies to the down GEMM only (the up GEMM's silu(gate)*up epilogue needs the "
+                             f"whole reduction): leave it out of the up config or set {EXTENDED_PARAMS[p]}, "
+                             f"got {up[p]}")
+    if up["BLOCK_SIZE_M"] != down["BLOCK_SIZE_M"]:
+        raise ValueError(
+            "up and down configs must share BLOCK_SIZE_M (one token alignment feeds both GEMMs); got "
+            f"{up['BLOCK_SIZE_M']} and {down['BLOCK_SIZE_M']}"
+        )
     if up["BLOCK_SIZE_N"] < 32:
         raise ValueError(f"the up GEMM's BLOCK_SIZE_N must be >= 32 (it holds gate and up halves), got "
                          f"{up['BLOCK_SIZE_N']}")
@@ -161,7 +171,7 @@ _AMAX_STRIDE = 4  # float32 slots: 16 bytes
 class _Workspace:
     """Every buffer one fused call needs, allocated up front so the call can be replayed in a CUDA graph."""
 
-    def __init__(self, spec: _Spec, block_m: int, device):
+    def __init__(self, spec: _Spec, block_m: int, split_k: int, device):
         numel = spec.M * spec.topk
         self.sorted_ids, self.expert_ids, self.num_post, self.cursor = align_buffers(numel, spec.E, block_m, device)
         self.inter = torch.empty((numel, spec.N), dtype=spec.dtype, device=device)
@@ -171,9 +181,13 @@ class _Workspace:
         # aligned would launch a different binary from the one compile_config built (a recompile per config).
         self.amax = torch.empty(2 * _AMAX_STRIDE, dtype=torch.float32, device=device)
         self.out = torch.empty((spec.M, spec.K), dtype=spec.dtype, device=device)
-        # Top-1 without expert parallelism: the down GEMM writes the output rows directly.
-        self.direct = spec.topk == 1 and not spec.has_map
-        self.down_out = self.out if self.direct else torch.empty((numel, spec.K), dtype=spec.dtype, device=device)
+        # Top-1 without expert parallelism: the down GEMM writes the output rows directly, unless it is split.
+        # A split down GEMM adds its partials into float32 rows, zeroed before each launch; the top-k sum reads
+        # them and rounds once.
+        self.split_k = split_k
+        self.direct = spec.topk == 1 and not spec.has_map and split_k == 1
+        down_dtype = torch.float32 if split_k > 1 else spec.dtype
+        self.down_out = self.out if self.direct else torch.empty((numel, spec.K), dtype=down_dtype, device=device)
 
     def amax_slot(self, slot: int) -> torch.Tensor:
         return self.amax[slot * _AMAX_STRIDE:slot * _AMAX_STRIDE + 1]
@@ -190,7 +204,8 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
         if group_k % bk:
             raise ValueError(f"BLOCK_SIZE_K={bk} must divide the quantization block's k={group_k}")
     em = ws.sorted_ids.numel()
-    grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),)
+    split_k = cfg["SPLIT_K"]
+    grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),) + ((split_k,) if split_k > 1 else ())
     args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post, ws.amax_slot(1),
             n_out, k_in, em, spec.M * spec.topk,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
@@ -199,7 +214,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
         QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
-        EVEN_K=k_in % bk == 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        EVEN_K=k_in % bk == 0, SPLIT_K=split_k, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:
         return _kernels._fused_moe_gemm.warmup(
@@ -224,7 +239,7 @@ class _Call:
         # The alignment and sum kernels index ids and the map as flat arrays.
         self.topk_ids = topk_ids.contiguous()
         self.expert_map = expert_map.contiguous() if expert_map is not None else None
-        self.ws = _Workspace(self.spec, self.up_cfg["BLOCK_SIZE_M"], hidden_states.device)
+        self.ws = _Workspace(self.spec, self.up_cfg["BLOCK_SIZE_M"], self.down_cfg["SPLIT_K"], hidden_states.device)
         self.interpret = interpreted()
 
     def align(self, warmup=False):
@@ -258,6 +273,8 @@ class _Call:
     def down(self, warmup=False):
         spec, ws = self.spec, self.ws
         a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup, slot=1 if self._dynamic_a2 else 0)
+        if ws.split_k > 1 and not warmup:
+            ws.down_out.zero_()  # one fill launch, captured in a CUDA graph like the kernels
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
                      n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, warmup=warmup)
 
@@ -289,8 +306,9 @@ def fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, *, config=None,
                   activation="silu") -> torch.Tensor:
     """Σ_topk w_route · (silu(x·w1_gate) ⊙ (x·w1_up)) · w2 for each token; returns [M, K] in the hidden dtype.
 
-    ``config``: six launch parameters, or {"up": .., "down": ..}; None takes the innermost override_config, else
-    the tuned file for this device (moekernel.configs.get_config), else the default heuristic.
+    ``config``: the six engine launch parameters (plus optionally SPLIT_K for the down GEMM), or
+    {"up": .., "down": ..}; None takes the innermost override_config, else the tuned files for this device
+    (moekernel.configs.get_config: moekernel's own file, then the engine file), else the default heuristic.
     """
     return _Call(hidden_states, w1, w2, topk_weights, topk_ids, config, quant_dtype, w1_scale, w2_scale, a1_scale,
                  a2_scale, block_shape, per_channel, expert_map, activation)()
