@@ -29,7 +29,11 @@ for stage in "$@"; do
          python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" ;;
     # Every module that runs kernels or the tuner, with the real kernels (no TRITON_INTERPRET on a GPU machine).
     tests) run gpu-tests python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py tests/test_routing.py \
-             tests/test_configs.py tests/test_bench.py tests/test_tuning_*.py ;;
+             tests/test_configs.py tests/test_bench.py tests/test_roofline.py tests/test_tuning_*.py ;;
+    # Split-K at small M: our default (extended parameters) against the same default in the engines' six, and
+    # vLLM's shipped H200 file on our kernel, one run.
+    bench-split) run bench-split python3 -m moekernel.bench --batch-sizes "${BATCHES:-1,2,4,8,16,32,64}" \
+             --configs benchmarks/vllm-h200-configs --skip-torch --markdown --json "$WORK/bench-split.json" ;;
     bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-bf16.json" ;;
     bench-fp8) run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-fp8.json" ;;
     # fast and exhaustive at each of BATCHES, each run from an empty Triton cache (pairs: both, M by M). A shard
@@ -53,6 +57,31 @@ for stage in "$@"; do
     sidebyside) tuned=(); for d in "$WORK"/configs-*; do [ -d "$d" ] && tuned+=(--tuned "$d"); done
           run sidebyside python3 -m moekernel.bench --batch-sizes "${BATCHES:-$ALL_BATCHES}" --configs benchmarks/vllm-h100-configs \
             "${tuned[@]}" --skip-torch --iters 50 --markdown --json "$WORK/sidebyside.json" ;;
+    # The pipeline for one key (KEY's model at tp=2, all 18 sizes), from an empty Triton cache: compare its wall time
+    # with tune-all's. Then the same folder with a second model added: only that key is tuned (and seeded from the
+    # first), verified on held-out routing.
+    pipeline-mixtral|pipeline-qwen) models=mixtral-8x7b; [ $stage = pipeline-qwen ] && models="mixtral-8x7b, qwen3-30b-a3b"
+          printf 'models: [%s]\ntp_sizes: [2]\ndtypes: [bf16]\nbaseline_configs: %s\n' "$models" "$PWD/benchmarks/vllm-h200-configs" > "$WORK/$stage.yaml"
+          cold run $stage snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run" --configfile "$WORK/$stage.yaml" --cores 16
+          run $stage-rerun snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run" --configfile "$WORK/$stage.yaml" --cores 16 -n ;;
+    # A second key (Mixtral tp=4) at BATCHES, seeded from the first key's shards and not, each from an empty cache;
+    # then both sets of winners side by side in one bench run.
+    seeded) K4=E8-N3584-K4096-top2-bf16; B=${BATCHES:-1,16,64,256,1024,4096}
+          cold run seeded python3 -m moekernel.tune --key $K4 --quiet --batch-size $B --out "$WORK/seeded/bs{batch_size}.parquet" --seed-keys "$WORK/run/results/timings/NVIDIA_H200"
+          cold run unseeded python3 -m moekernel.tune --key $K4 --quiet --batch-size $B --out "$WORK/unseeded/bs{batch_size}.parquet"
+          for d in seeded unseeded; do python3 -c "import glob, sys; from moekernel.pipeline.emit import emit_from_shards; emit_from_shards(sorted(glob.glob(sys.argv[1] + '/*.parquet')), sys.argv[2])" "$WORK/$d" "$WORK/cfg-$d"; done
+          run seeded-sidebyside python3 -m moekernel.bench --key $K4 --batch-sizes $B --tuned "$WORK/cfg-seeded" --tuned "$WORK/cfg-unseeded" --skip-torch --iters 50 --markdown --json "$WORK/seeded-sidebyside.json" ;;
+    # A Triton version change faked through MOEKERNEL_TRITON_VERSION: the second run re-tunes once, both kept.
+    version) printf 'models: [mixtral-8x7b]\ntp_sizes: [2]\ndtypes: [bf16]\nbatch_sizes: [1, 64]\nsearch: {strategy: exhaustive, space: {BLOCK_SIZE_M: [16, 64], BLOCK_SIZE_N: [64, 128], BLOCK_SIZE_K: [128], GROUP_SIZE_M: [1], num_warps: [4], num_stages: [3, 4]}}\n' > "$WORK/version.yaml"
+          run version-1 snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/version" --configfile "$WORK/version.yaml" --cores 16
+          MOEKERNEL_TRITON_VERSION=$(python3 -c "import triton; print(triton.__version__)")+fake run version-2 snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/version" --configfile "$WORK/version.yaml" --cores 16
+          run version-db python3 -c "import duckdb; c = duckdb.connect('$WORK/version/results/tuning.duckdb', read_only=True); print(c.sql('SELECT * FROM versions ORDER BY key, batch_size, current')); print(c.sql('SELECT * FROM version_speedup'))" ;;
+    # Our kernel on every shape: default (extended), default-six, the tuned files of the pipeline run, vLLM's files
+    # where they exist, torch._grouped_mm. KEYS: the kernel keys.
+    bench8) for k in ${KEYS:-E8-N7168-K4096-top2-bf16 E128-N384-K2048-top8-bf16 E8-N7168-K4096-top2-fp8_w8a8}; do
+            tuned=(); [ -d "$WORK/run/results/configs" ] && tuned=(--tuned "$WORK/run/results/configs")
+            run bench8-$k python3 -m moekernel.bench --key $k --configs benchmarks/vllm-h200-configs "${tuned[@]}" --markdown --json "$WORK/bench8-$k.json"
+          done ;;
     pipeline) rm -rf /tmp/gpu-run
           run pipeline snakemake --snakefile "$PWD/Snakefile" --directory /tmp/gpu-run --configfile "$PWD/benchmarks/gpu-pipeline.yaml" --cores 16
           run pipeline-rerun snakemake --snakefile "$PWD/Snakefile" --directory /tmp/gpu-run --configfile "$PWD/benchmarks/gpu-pipeline.yaml" --cores 16 -n

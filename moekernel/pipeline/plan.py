@@ -10,6 +10,7 @@ jobs, and nothing else does. Planning needs neither torch nor triton.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
