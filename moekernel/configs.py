@@ -12,7 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from .heuristics import PARAMS, default_config
+from .heuristics import default_config
+from .launch_params import PARAMS
 
 SHIPPED_FOLDER = Path(__file__).parent / "configs_shipped"
 ENV_FOLDER = "MOEKERNEL_CONFIG_FOLDER"

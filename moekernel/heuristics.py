@@ -8,8 +8,7 @@ compute bound. It is checked against the engines' own default (``engine_default_
 from __future__ import annotations
 
 from .dtypes import info as dtype_info
-
-PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+from .launch_params import PARAMS  # noqa: F401 - importers of PARAMS from here (the pipeline's emit) keep working
 
 #: Opt-in shared memory per block on Hopper (H100/H200): the limit when the device cannot be asked, and the one the
 #: interpreter prunes with, so pruning on a CPU behaves as on the GPU the results are meant for.

@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     from .tuning.tuner import shard_paths
 
     try:  # fail fast, before anything is measured
-        KernelShape.from_key(args.key)
+        shape = KernelShape.from_key(args.key)
         settings = TuneSettings.from_cli(args)
+        settings.check_fits(shape)
         if args.out is None and not args.compile_only:
             raise ValueError("--out is required (unless --compile-only)")
         shard_paths(args.out, args.batch_size)

@@ -20,7 +20,9 @@ from ..backend import interpreted
 from ..configs import get_config
 from ..dtypes import QUANT_DTYPES, QuantMode
 from ..dtypes import info as dtype_info
-from ..heuristics import PARAMS, default_config
+from .. import launch_params
+from ..heuristics import default_config
+from ..launch_params import PARAMS
 from . import _kernels
 from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
 from .routing import align_buffers, fused_topk, launch_align
@@ -39,22 +41,18 @@ def override_config(config):
         _OVERRIDES.pop()
 
 
-def _check_one(cfg: dict, where: str) -> dict:
+def _check_one(cfg: dict, gemm: str, where: str) -> dict:
+    """The six parameters of a config driving ``gemm`` (num_warps and num_stages default to 4 and 3), checked
+    against moekernel.launch_params."""
     if not isinstance(cfg, dict):
         raise TypeError(f"{where} config must be a dict of {', '.join(PARAMS)}; got {type(cfg).__name__}")
     missing = [p for p in PARAMS[:4] if p not in cfg]
     if missing:
         raise ValueError(f"{where} config lacks {', '.join(missing)} (needs {', '.join(PARAMS)})")
     out = {p: cfg.get(p, default) for p, default in zip(PARAMS, (None, None, None, None, 4, 3))}
-    for p, v in out.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{where} config {p} must be a positive integer, got {v!r}")
-    for p in PARAMS[:3]:
-        v = out[p]
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{where} config {p} must be a power of two >= 16, got {v}")
-    if out["num_warps"] not in (1, 2, 4, 8, 16):
-        raise ValueError(f"{where} config num_warps must be 1, 2, 4, 8 or 16, got {out['num_warps']}")
+    refused = launch_params.problems(out, gemm)
+    if refused:
+        raise ValueError(f"{where} config: " + "; ".join(refused))
     return out
 
 
@@ -63,17 +61,14 @@ def normalize_config(config) -> tuple[dict, dict]:
     if isinstance(config, dict) and ("up" in config or "down" in config):
         if set(config) != {"up", "down"}:
             raise ValueError(f"a split config has exactly the keys 'up' and 'down'; got {sorted(config)}")
-        up, down = _check_one(config["up"], "up"), _check_one(config["down"], "down")
+        up, down = _check_one(config["up"], "up", "up"), _check_one(config["down"], "down", "down")
         if up["BLOCK_SIZE_M"] != down["BLOCK_SIZE_M"]:
             raise ValueError(
                 "up and down configs must share BLOCK_SIZE_M (one token alignment feeds both GEMMs); got "
                 f"{up['BLOCK_SIZE_M']} and {down['BLOCK_SIZE_M']}"
             )
     else:
-        up = down = _check_one(config, "fused-MoE")
-    if up["BLOCK_SIZE_N"] < 32:
-        raise ValueError(f"the up GEMM's BLOCK_SIZE_N must be >= 32 (it holds gate and up halves), got "
-                         f"{up['BLOCK_SIZE_N']}")
+        up = down = _check_one(config, "both", "fused-MoE")
     return up, down
 
 
@@ -187,8 +182,9 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
     group_n = group_k = 1
     if spec.mode == QuantMode.BLOCK:
         group_n, group_k = spec.block_shape
-        if group_k % bk:
-            raise ValueError(f"BLOCK_SIZE_K={bk} must divide the quantization block's k={group_k}")
+        refused = launch_params.block_k_problem(bk, group_k)
+        if refused:
+            raise ValueError(refused)
     em = ws.sorted_ids.numel()
     grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),)
     args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post, ws.amax_slot(1),
@@ -375,6 +371,8 @@ def smem_bytes(shape, config, gemm: str = "both") -> int:
         bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
         return (cfg["num_stages"] - 1) * (bm * bk * a_bytes + bk * bn * b_bytes) + bm * bn * 2
 
+    if gemm == "down" and "down" not in config:
+        return need(_check_one(config, "down", "down"))  # a down candidate: the up GEMM runs another config
     up, down = normalize_config(config)
     sizes = {"up": need(up), "down": need(down)}
     return max(sizes.values()) if gemm == "both" else sizes[gemm]

@@ -23,9 +23,11 @@ from .settings import TuneSettings
 from .space import PARAMS, device_smem_limit, prune
 
 
-def _settings(settings: TuneSettings | None, overrides: dict) -> TuneSettings:
-    """The settings to run with: ``settings`` (or the defaults) with ``overrides`` applied, backend resolved."""
+def _settings(shape: KernelShape, settings: TuneSettings | None, overrides: dict) -> TuneSettings:
+    """The settings to run with: ``settings`` (or the defaults) with ``overrides`` applied, backend resolved; checked
+    against ``shape`` (:meth:`TuneSettings.check_fits`)."""
     settings = (settings or TuneSettings()).replace(**overrides)
+    settings.check_fits(shape)
     return settings.replace(backend=resolve_backend(settings.backend))
 
 
@@ -57,7 +59,7 @@ def tune_batch_sizes(shape: KernelShape | str, batch_sizes: Iterable[int], setti
     """
     shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
     paths = shard_paths(out, batch_sizes)
-    settings = _settings(settings, overrides)
+    settings = _settings(shape, settings, overrides)
     seed_from = list(seed_from)
     shard_seeds: set | None = None  # read once, at the first batch size actually tuned
     frames: dict[int, pd.DataFrame] = {}
@@ -106,7 +108,7 @@ def precompile(shape: KernelShape | str, batch_size: int, settings: TuneSettings
     ``status``, ``compile_s``, ``error``. The interpreter compiles nothing (an empty frame).
     """
     shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
-    settings = _settings(settings, overrides)
+    settings = _settings(shape, settings, overrides)
     items = []
     if settings.backend == "cuda":
         limit = device_smem_limit("cuda", "cuda")

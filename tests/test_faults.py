@@ -1,0 +1,135 @@
+"""Faults a user meets, what they are told, and that nothing measured is lost (CPU: the Triton interpreter).
+
+Each test names the fault; the tests of the models' missing fields are in test_models.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+
+from moekernel.launch_params import PARAMS
+from moekernel.pipeline.plan import ConfigError, make_plan
+from moekernel.shapes import KernelShape
+from moekernel.tuning import load_space, prune, read_shard, tune
+from moekernel.tuning.shard import partial_path
+
+moe = importlib.import_module("moekernel.kernel.moe")
+NO_CUDA = not torch.cuda.is_available()
+needs_interpreter = pytest.mark.skipif(not NO_CUDA, reason="the interpreter is what a machine without a GPU runs")
+
+TINY = KernelShape.from_key("E4-N64-K64-top2-fp16")
+ONE = {"BLOCK_SIZE_M": [16], "BLOCK_SIZE_N": [32], "BLOCK_SIZE_K": [64], "GROUP_SIZE_M": [1], "num_warps": [4],
+       "num_stages": [2]}
+BLOCK_QUANT_KEY = "E256-N256-K7168-top8-fp8_w8a8-block128x128"  # DeepSeek-V3 at tp=8
+
+
+def plan(**config):
+    config = {"models": ["mixtral-8x7b"], "tp_sizes": [2], **config}
+    return make_plan(config, cuda_available=True, kernel_hash="h" * 16)
+
+
+def tune_cli(*args):
+    from moekernel.tune import main
+
+    return main(list(args))
+
+
+# ---------------------------------------------------------------------------------- the search space
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"BLOCK_SIZE_K": [7, 64]}, "search space BLOCK_SIZE_K: 7 not allowed; BLOCK_SIZE_K must be a power of two >= 16"),
+    ({"num_warps": [3, 4]}, "search space num_warps: 3 not allowed; num_warps must be one of 1, 2, 4, 8, 16"),
+    ({"BLOCK_SIZE_N": [16, 32]}, "search space BLOCK_SIZE_N: 16 not allowed; BLOCK_SIZE_N must be a power of two "
+                                 ">= 32 (for the up GEMM"),
+    ({"num_stages": [0, 2]}, "search space num_stages: 0 not allowed; num_stages must be an integer >= 1"),
+    ({"GROUP_SIZE_M": [0]}, "search space GROUP_SIZE_M: 0 not allowed; GROUP_SIZE_M must be an integer >= 1"),
+])
+def test_values_the_kernel_refuses_stop_the_plan_and_the_tuner(spec, message):
+    with pytest.raises(ConfigError, match="config key 'search.space': " + message.replace("(", r"\(")):
+        plan(search={"space": spec})
+    assert tune_cli("--key", TINY.key, "--batch-size", "8", "--out", "never.parquet", "--space", json.dumps(spec)) == 2
+
+
+def test_a_demo_space_is_named_as_the_demo_space():
+    with pytest.raises(ConfigError, match="config key 'demo.space': search space num_warps: 3"):
+        make_plan({"models": ["mixtral-8x7b"], "demo": {"space": {**ONE, "num_warps": [3]}}}, cuda_available=False,
+                  kernel_hash="h" * 16)
+
+
+def test_block_n_16_is_offered_to_a_split_search_and_refused_otherwise(capsys):
+    space = {**ONE, "BLOCK_SIZE_N": [16, 32]}
+    with pytest.raises(ConfigError, match=r"16 would suit the down GEMM alone, in a split search \(split: true\)"):
+        plan(search={"space": space})
+    assert load_space(plan(split=True, search={"space": space}).settings.space, ("up", "down"))["BLOCK_SIZE_N"] == [
+        16, 32]
+    with pytest.raises(ConfigError, match="none of 16 suits the up GEMM"):
+        plan(split=True, search={"space": {**ONE, "BLOCK_SIZE_N": [16]}})
+
+
+@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("gemm", ["both", "up", "down"])
+def test_the_space_pruning_and_the_kernel_accept_the_same_values(name, gemm):
+    # One table (moekernel.launch_params) decides all three; a value one accepts, the others must too.
+    if name == "BLOCK_SIZE_M" and gemm != "both":
+        pytest.skip("a split pair shares BLOCK_SIZE_M, so one half's value alone is no config")
+    base = {p: values[0] for p, values in ONE.items()}
+    for value in range(0, 300):
+        config = {**base, name: value}
+        try:
+            moe.normalize_config(config if gemm == "both" else {"up": base, "down": base, gemm: config})
+            kernel_ok = True
+        except ValueError:
+            kernel_ok = False
+        ((_, reason),) = prune(TINY, 8, {p: [v] for p, v in config.items()}, gemm=gemm)
+        assert kernel_ok == (reason is None or not reason.startswith("kernel:")), (value, reason)
+        if gemm == "both":
+            try:
+                load_space({name: [value]})
+                space_ok = True
+            except ValueError:
+                space_ok = False
+            assert kernel_ok == space_ok, value
+
+
+def test_a_space_that_cannot_tune_a_block_quantized_key_is_refused_up_front(tmp_path):
+    space = {"BLOCK_SIZE_K": [256]}
+    expected = (f"{BLOCK_QUANT_KEY}: no BLOCK_SIZE_K of the search space (256) divides the k=128 of its quantization "
+                "block 128x128, so every candidate would be pruned; add one of 16, 32, 64, 128 to BLOCK_SIZE_K")
+    with pytest.raises(ConfigError) as err:
+        make_plan({"models": ["deepseek-v3"], "tp_sizes": [8], "search": {"space": space}}, cuda_available=True,
+                  kernel_hash="h" * 16)
+    assert str(err.value) == f"config key 'search.space': {expected}"
+    out = tmp_path / "bs8.parquet"
+    assert tune_cli("--key", BLOCK_QUANT_KEY, "--batch-size", "8", "--out", str(out), "--space", json.dumps(space)) == 2
+    assert not out.exists() and not partial_path(out).exists()
+    with pytest.raises(ValueError, match="every candidate would be pruned"):
+        tune(BLOCK_QUANT_KEY, 8, space=space, progress=False)
+
+
+# ---------------------------------------------------------------------------------- a bad candidate is a row
+
+
+def test_a_config_one_gemm_cannot_launch_is_a_pruned_row_not_an_error():
+    # prune() also takes a space that load_space never saw: the kernel's refusal becomes the row's reason.
+    space = {**ONE, "BLOCK_SIZE_K": [7, 64], "num_warps": [3, 4]}
+    verdicts = {(c["BLOCK_SIZE_K"], c["num_warps"]): r for c, r in prune(TINY, 8, space)}
+    assert verdicts[(64, 4)] is None
+    assert verdicts[(7, 4)] == ("kernel: BLOCK_SIZE_K=7: must be a power of two >= 16 (Triton's dot needs every "
+                                "tile side to be a power of two >= 16)")
+    assert verdicts[(7, 3)].startswith("kernel: BLOCK_SIZE_K=7: ") and "; num_warps=3: must be one of" in verdicts[(7, 3)]
+
+
+@needs_interpreter
+def test_a_split_search_times_block_n_16_for_the_down_gemm_and_prunes_it_for_the_up_gemm(tmp_path):
+    out = tmp_path / "bs8.parquet"
+    frame = tune(TINY, 8, space={**ONE, "BLOCK_SIZE_N": [16, 32]}, split=True, strategy="exhaustive", iters=1,
+                 jobs=1, progress=False, out=out)
+    rows = {(r.gemm, r.BLOCK_SIZE_N): r for r in frame.itertuples(index=False)}
+    assert rows[("up", 16)].status == "pruned" and "the up GEMM" in rows[("up", 16)].error
+    assert rows[("down", 16)].status == "ok" and rows[("down", 16)].time_us > 0
+    assert frame["winner"].sum() == 2 and len(read_shard(out)) == 4
