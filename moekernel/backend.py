@@ -16,6 +16,7 @@ KERNEL_MODULE = "moekernel.kernel._kernels"
 _RESTARTED = "_MOEKERNEL_INTERPRETER_RESTART"
 
 
+
 def kernels_mode() -> str | None:
     """``interpret`` or ``cuda``: how the imported kernels were defined; None if they are not imported yet."""
     module = sys.modules.get(KERNEL_MODULE)
@@ -49,10 +50,18 @@ def wanted_backend(backend: str = "auto") -> str:
 def resolve_backend(backend: str = "auto") -> str:
     """:func:`wanted_backend`, made so: for ``interpret`` TRITON_INTERPRET is set before the kernels are defined.
 
-    Raises if the kernels were already imported for the other backend (call this before importing
-    ``moekernel.kernel``, or use :func:`restart_in_interpreter` from a command line).
+    Raises ValueError for ``cuda`` without a visible CUDA device, and RuntimeError if the kernels were already
+    imported for the other backend (call this before importing ``moekernel.kernel``, or use
+    :func:`restart_in_interpreter` from a command line).
     """
     backend = wanted_backend(backend)
+    if backend == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"backend 'cuda', but torch {torch.__version__} sees no CUDA device "
+                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run on a "
+                             "GPU machine, or use backend auto or interpret for Triton's CPU interpreter")
     mode = kernels_mode()
     if mode is not None and mode != backend:
         raise RuntimeError(

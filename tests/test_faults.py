@@ -133,3 +133,71 @@ def test_a_split_search_times_block_n_16_for_the_down_gemm_and_prunes_it_for_the
     assert rows[("up", 16)].status == "pruned" and "the up GEMM" in rows[("up", 16)].error
     assert rows[("down", 16)].status == "ok" and rows[("down", 16)].time_us > 0
     assert frame["winner"].sum() == 2 and len(read_shard(out)) == 4
+
+
+@needs_interpreter
+def test_a_bad_routing_file_is_the_users_error_not_every_candidates(tmp_path):
+    out = tmp_path / "bs8.parquet"
+    with pytest.raises(ValueError, match="nope.npy is neither 'uniform', 'zipf:<s>' nor an existing"):
+        tune(TINY, 8, space=ONE, routing=str(tmp_path / "nope.npy"), progress=False, out=out)
+    assert not out.exists() and not partial_path(out).exists()  # no shard of failures that would block a rerun
+
+
+# ---------------------------------------------------------------------------------- the tune command
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """The configs the tuner times (none, when it stops first); each is timed for real."""
+    calls = []
+    real = moe.make_runner
+
+    def recording(inputs, config, gemm="both"):
+        calls.append(config)
+        return real(inputs, config, gemm)
+
+    monkeypatch.setattr(moe, "make_runner", recording)
+    return calls
+
+
+@pytest.mark.parametrize("out", ["/proc/nope/bs{batch_size}.parquet", "{tmp}/a-file/bs{batch_size}.parquet", "{tmp}"])
+def test_an_unusable_out_stops_before_anything_is_measured(out, tmp_path, capsys, timed):
+    (tmp_path / "a-file").write_text("not a folder")
+    out = out.format(tmp=tmp_path, batch_size="{batch_size}")
+    sizes = "8" if out == str(tmp_path) else "1,8"
+    assert tune_cli("--key", TINY.key, "--batch-size", sizes, "--out", out, "--space", json.dumps(ONE),
+                    "--strategy", "exhaustive", "--iters", "1", "--jobs", "1", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moekernel.tune: error: ") and "Traceback" not in err
+    assert ("is a folder; give the shard's file name" in err if out == str(tmp_path)
+            else "cannot write the shard" in err and "choose an output path in a folder you can write" in err)
+    assert timed == []
+
+
+def test_the_out_folder_is_made_and_left_clean(tmp_path):
+    out = tmp_path / "new" / "deeper" / "bs8.parquet"
+    from moekernel.tuning.shard import check_writable
+
+    check_writable(out)
+    assert out.parent.is_dir() and list(out.parent.iterdir()) == []
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="a GPU machine runs --backend cuda")
+def test_backend_cuda_without_a_gpu_is_a_message(capsys):
+    assert tune_cli("--key", TINY.key, "--batch-size", "8", "--out", "never.parquet", "--backend", "cuda") == 2
+    err = capsys.readouterr().err
+    assert "backend 'cuda', but torch" in err and "sees no CUDA device" in err and "Traceback" not in err
+
+
+def test_a_seed_shard_that_is_not_parquet_is_named(tmp_path, capsys):
+    seed = tmp_path / "seed.parquet"
+    seed.write_text("not parquet")
+    assert tune_cli("--key", TINY.key, "--batch-size", "8", "--out", str(tmp_path / "bs8.parquet"), "--space",
+                    json.dumps(ONE), "--seed-from", str(seed), "--quiet") == 2
+    assert f"--seed-from {seed}: not a readable shard" in capsys.readouterr().err
+
+
+def test_jobs_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        tune_cli("--key", TINY.key, "--batch-size", "8", "--out", "x.parquet", "--jobs", "0")
+    assert exit_.value.code == 2 and "--jobs: '0': expected a whole number >= 1" in capsys.readouterr().err

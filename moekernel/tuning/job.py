@@ -85,6 +85,7 @@ class TuneJob:
         """The whole job; ``shard_seeds``: the fast strategy's seeds from neighbouring shards (may be empty)."""
         start = time.monotonic()
         strategy, rows = self.settings.strategy_obj, self.meas.rows
+        self.inputs  # noqa: B018 - a bad routing file is the user's error, raised here, not every candidate's row
         groups = self.candidates()
         survivors = {c for members in groups.values() for c in members}
         # Every seed centres the search, even one pruned itself (say, as a duplicate launch); only the surviving

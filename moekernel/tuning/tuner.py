@@ -60,6 +60,9 @@ def tune_batch_sizes(shape: KernelShape | str, batch_sizes: Iterable[int], setti
     shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
     paths = shard_paths(out, batch_sizes)
     settings = _settings(shape, settings, overrides)
+    for path in paths.values():  # before anything is measured: an unusable output must not cost the results
+        if path is not None and not (skip_existing and path.is_file()):
+            shard_io.check_writable(path)
     seed_from = list(seed_from)
     shard_seeds: set | None = None  # read once, at the first batch size actually tuned
     frames: dict[int, pd.DataFrame] = {}
