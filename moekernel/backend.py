@@ -15,6 +15,21 @@ BACKENDS = ("auto", "cuda", "interpret")
 KERNEL_MODULE = "moekernel.kernel._kernels"
 _RESTARTED = "_MOEKERNEL_INTERPRETER_RESTART"
 
+#: The interpreter runs the kernels through NumPy, a call of a real model's shape takes minutes to hours there: the
+#: benchmark refuses a shape with more weight elements than this, and so does the tuner unless asked for the
+#: interpreter by name (``--backend interpret``).
+INTERPRETER_MAX_WEIGHTS = 1 << 22
+#: A shape the interpreter runs in seconds, to suggest instead (the pipeline's demo shape).
+INTERPRETER_EXAMPLE_KEY = "E4-N64-K64-top2-fp16"
+
+
+def interpreter_size_problem(shape) -> str | None:
+    """Why ``shape`` (a KernelShape) is too large for the interpreter, or None: the one rule bench and tune share."""
+    weights = shape.E * 3 * shape.N * shape.K  # w1 [E, 2N, K] and w2 [E, K, N]
+    if weights <= INTERPRETER_MAX_WEIGHTS:
+        return None
+    return (f"{shape.key} has {weights:,} weight elements, far more than Triton's CPU interpreter runs in reasonable "
+            f"time (at most {INTERPRETER_MAX_WEIGHTS:,})")
 
 
 def kernels_mode() -> str | None:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from .backend import command_backend
     from .shapes import KernelShape
     from .tuning import EXIT_RESUME, ContextPoisoned, TuneSettings
-    from .tuning.tuner import shard_paths
+    from .tuning.tuner import interpreter_refusal, shard_paths
 
     try:  # fail fast, before anything is measured (tune_batch_sizes checks that every --out can be written)
         shape = KernelShape.from_key(args.key)
@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None and not args.compile_only:
             raise ValueError("--out is required (unless --compile-only)")
         shard_paths(args.out, args.batch_size)
-        settings = settings.replace(backend=command_backend(settings.backend, "moekernel.tune", restart=argv is None))
+        requested = settings.backend
+        settings = settings.replace(backend=command_backend(requested, "moekernel.tune", restart=argv is None))
+        refusal = None if args.compile_only else interpreter_refusal(shape, args.batch_size, requested,
+                                                                     settings.backend)
+        if refusal:
+            raise ValueError(refusal)
     except ValueError as exc:
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2

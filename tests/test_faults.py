@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch
 from moekernel.launch_params import PARAMS
 from moekernel.pipeline.plan import ConfigError, make_plan
 from moekernel.shapes import KernelShape
-from moekernel.tuning import load_space, prune, read_shard, tune
+from moekernel.tuning import TuneSettings, load_space, prune, read_shard, tune
 from moekernel.tuning.shard import partial_path
 
 moe = importlib.import_module("moekernel.kernel.moe")
@@ -201,3 +202,62 @@ def test_jobs_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit_:
         tune_cli("--key", TINY.key, "--batch-size", "8", "--out", "x.parquet", "--jobs", "0")
     assert exit_.value.code == 2 and "--jobs: '0': expected a whole number >= 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- first contact without a GPU
+
+FULL_SIZE = "E8-N7168-K4096-top2-bf16"  # the README's example
+
+
+@needs_interpreter
+def test_the_tuner_refuses_a_full_size_shape_it_fell_back_to_the_interpreter_for(tmp_path, capsys, timed):
+    out = tmp_path / "bs64.parquet"
+    assert tune_cli("--key", FULL_SIZE, "--batch-size", "64", "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"moekernel.tune: error: no CUDA device, and {FULL_SIZE} has 704,643,072 weight elements, "
+                          "far more than Triton's CPU interpreter runs in reasonable time (at most 4,194,304): one "
+                          "call of the op at M=64 would take about ")
+    assert "--key E4-N64-K64-top2-fp16" in err and "--backend interpret to run this one anyway" in err
+    assert timed == [] and not out.exists()
+    with pytest.raises(ValueError, match=f"no CUDA device, and {FULL_SIZE} has"):  # the same from Python
+        tune(FULL_SIZE, 64, progress=False)
+
+
+@needs_interpreter
+def test_the_benchmark_refuses_by_the_same_rule(capsys):
+    from moekernel.bench import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--key", FULL_SIZE])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"no CUDA device, and {FULL_SIZE} has 704,643,072 weight elements, far more than" in err
+    assert "try --key E4-N64-K64-top2-fp16 --batch-sizes 1,8" in err
+
+
+def test_asking_for_the_interpreter_by_name_warns_how_long_it_may_take(caplog):
+    from moekernel.tuning.job import TuneJob
+    from moekernel.tuning.space import Candidate
+
+    shape = KernelShape.from_key("E8-N512-K512-top2-bf16")  # 6.3M weights: over the limit, seconds a call
+    job = TuneJob(shape, 64, TuneSettings(space=ONE, backend="interpret"), progress=False)
+    configs = [{**{p: v[0] for p, v in ONE.items()}, "BLOCK_SIZE_N": n} for n in (32, 64)]
+    with caplog.at_level(logging.WARNING, logger="moekernel.tuning.job"):
+        job.warn_if_slow({Candidate.of(c, "both") for c in configs})
+    (record,) = caplog.records
+    assert record.getMessage().startswith("E8-N512-K512-top2-bf16 has 6,291,456 weight elements, far more than")
+    assert "; at M=64, timing the 2 candidates left after pruning takes up to about " in record.getMessage()
+    caplog.clear()
+    TuneJob(TINY, 8, TuneSettings(space=ONE, backend="interpret"), progress=False).warn_if_slow(set())
+    assert caplog.records == []  # a shape the interpreter runs in seconds needs no warning
+
+
+def test_interpreter_estimates_read_as_durations():
+    from moekernel.tuning.space import format_duration, interpreter_seconds
+
+    assert [format_duration(s) for s in (40, 150, 1160, 5 * 3600, 3 * 86400)] == [
+        "40 s", "2.5 min", "19 min", "5 h", "3 days"]
+    config = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 1, "num_warps": 4,
+              "num_stages": 2}
+    # Measured: 15.8 s a call for this shape and config on the interpreter (see the constants' comment).
+    assert 8 < interpreter_seconds(KernelShape.from_key("E8-N512-K512-top2-bf16"), 64, config) < 32
