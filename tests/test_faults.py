@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ from moekernel.shapes import KernelShape
 from moekernel.tuning import TuneSettings, load_space, prune, read_shard, tune
 from moekernel.tuning.shard import partial_path
 
+REPO = Path(__file__).resolve().parents[1]
 moe = importlib.import_module("moekernel.kernel.moe")
 NO_CUDA = not torch.cuda.is_available()
 needs_interpreter = pytest.mark.skipif(not NO_CUDA, reason="the interpreter is what a machine without a GPU runs")
@@ -261,3 +265,20 @@ def test_interpreter_estimates_read_as_durations():
               "num_stages": 2}
     # Measured: 15.8 s a call for this shape and config on the interpreter (see the constants' comment).
     assert 8 < interpreter_seconds(KernelShape.from_key("E8-N512-K512-top2-bf16"), 64, config) < 32
+
+
+# ---------------------------------------------------------------------------------- the README's commands
+
+
+def test_the_readme_opens_the_database_in_sql_from_the_shell(tmp_path, write_shard):
+    from moekernel.pipeline import database
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## SQL over every measurement", 1)[1]
+    (command,) = re.findall(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    config = {p: v[0] for p, v in ONE.items()}
+    shard = write_shard(tmp_path / "bs8.parquet", TINY.key, 8, [(config, 12.5)])
+    database.build(tmp_path / "results" / "tuning.duckdb", [shard], [], [])
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert TINY.key in proc.stdout and "12.5" in proc.stdout
