@@ -282,3 +282,21 @@ def test_the_readme_opens_the_database_in_sql_from_the_shell(tmp_path, write_sha
     proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert TINY.key in proc.stdout and "12.5" in proc.stdout
+
+
+def test_config_yaml_shows_the_defaults_it_says_it_shows():
+    import yaml
+
+    from moekernel.pipeline.plan import load_config
+
+    text = (REPO / "config.yaml").read_text()
+    shown = load_config(yaml.safe_load(text))
+    defaults = load_config({"models": ["any"]})
+    lines = {line.split(":", 1)[0]: line for line in text.splitlines() if line and line[0].isalpha()}
+    assert lines["models"].endswith("# required")
+    for key, value in shown.items():
+        if key == "models" or value == defaults[key]:
+            continue
+        marker = re.search(r"# left out: (.*)$", lines[key])
+        assert marker, f"config.yaml shows {key}: {value!r}, but a left-out {key} is {defaults[key]!r}"
+        assert yaml.safe_load(marker.group(1)) == defaults[key], f"config.yaml's '# left out:' of {key} is wrong"
