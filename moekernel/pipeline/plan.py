@@ -179,9 +179,10 @@ def _space_arg(space, split: bool, config_key: str, kernel_keys: list[str]) -> s
     scopes = gemm_scopes(split)
     try:
         text = canonical_space(space, scopes)
-        problems = [shape_problem(KernelShape.from_key(k), load_space(text, scopes)) for k in kernel_keys]
+        loaded = load_space(text, scopes)
     except ValueError as exc:
         raise ConfigError(f"config key '{config_key}': {exc}") from None
+    problems = [shape_problem(KernelShape.from_key(k), loaded) for k in kernel_keys]
     if any(problems):
         raise ConfigError(f"config key '{config_key}': " + "; ".join(p for p in problems if p))
     return text
