@@ -15,6 +15,22 @@ BACKENDS = ("auto", "cuda", "interpret")
 KERNEL_MODULE = "moekernel.kernel._kernels"
 _RESTARTED = "_MOEKERNEL_INTERPRETER_RESTART"
 
+#: The interpreter runs the kernels through NumPy, a call of a real model's shape takes minutes to hours there: the
+#: benchmark refuses a shape with more weight elements than this, and so does the tuner unless asked for the
+#: interpreter by name (``--backend interpret``).
+INTERPRETER_MAX_WEIGHTS = 1 << 22
+#: A shape the interpreter runs in seconds, to suggest instead (the pipeline's demo shape).
+INTERPRETER_EXAMPLE_KEY = "E4-N64-K64-top2-fp16"
+
+
+def interpreter_size_problem(shape) -> str | None:
+    """Why ``shape`` (a KernelShape) is too large for the interpreter, or None: the one rule bench and tune share."""
+    weights = shape.E * 3 * shape.N * shape.K  # w1 [E, 2N, K] and w2 [E, K, N]
+    if weights <= INTERPRETER_MAX_WEIGHTS:
+        return None
+    return (f"{shape.key} has {weights:,} weight elements, far more than Triton's CPU interpreter runs in reasonable "
+            f"time (at most {INTERPRETER_MAX_WEIGHTS:,})")
+
 
 def kernels_mode() -> str | None:
     """``interpret`` or ``cuda``: how the imported kernels were defined; None if they are not imported yet."""
@@ -49,10 +65,18 @@ def wanted_backend(backend: str = "auto") -> str:
 def resolve_backend(backend: str = "auto") -> str:
     """:func:`wanted_backend`, made so: for ``interpret`` TRITON_INTERPRET is set before the kernels are defined.
 
-    Raises if the kernels were already imported for the other backend (call this before importing
-    ``moekernel.kernel``, or use :func:`restart_in_interpreter` from a command line).
+    Raises ValueError for ``cuda`` without a visible CUDA device, and RuntimeError if the kernels were already
+    imported for the other backend (call this before importing ``moekernel.kernel``, or use
+    :func:`restart_in_interpreter` from a command line).
     """
     backend = wanted_backend(backend)
+    if backend == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"backend 'cuda', but torch {torch.__version__} sees no CUDA device "
+                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run on a "
+                             "GPU machine, or use backend auto or interpret for Triton's CPU interpreter")
     mode = kernels_mode()
     if mode is not None and mode != backend:
         raise RuntimeError(

@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 
 from .dtypes import info as dtype_info
-from .heuristics import ALL_PARAMS, EXTENDED_PARAMS, PARAMS, default_config, up_down
+from .heuristics import default_config, up_down
+from .launch_params import ALL_PARAMS, EXTENDED_PARAMS, PARAMS
 
 SHIPPED_FOLDER = Path(__file__).parent / "configs_shipped"
 ENV_FOLDER = "MOEKERNEL_CONFIG_FOLDER"

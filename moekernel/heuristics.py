@@ -6,24 +6,13 @@ compute bound. It is checked against the engines' own default (``engine_default_
 With ``extended=True`` it may also split the down GEMM's reduction (SPLIT_K, :func:`down_split_k`), a parameter
 the engines' files cannot hold.
 
-The launch parameters themselves are defined here too: the engines' six (:data:`PARAMS`) and moekernel's own
-(:data:`EXTENDED_PARAMS`).
+The launch parameters themselves, and the values the kernel accepts, are moekernel.launch_params'.
 """
 
 from __future__ import annotations
 
 from .dtypes import info as dtype_info
-
-#: The engines' launch parameters, in the order their files list them.
-PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
-#: moekernel's launch parameters beyond the engines' six, with the default that means "as the engines' kernel":
-#: SPLIT_K, programs per down-GEMM output tile, each reducing a contiguous slice of N (a power of two).
-EXTENDED_PARAMS = {"SPLIT_K": 1}
-#: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
-#: a config for both GEMMs applies them to the down GEMM, and an "up" config must leave them at their default.
-DOWN_ONLY_PARAMS = ("SPLIT_K",)
-#: Every launch parameter, as moekernel's own config files list them.
-ALL_PARAMS = PARAMS + tuple(EXTENDED_PARAMS)
+from .launch_params import DOWN_ONLY_PARAMS
 
 #: Streaming multiprocessors of an H100/H200 SXM: the wave of programs the split-K rule fills.
 HOPPER_SMS = 132

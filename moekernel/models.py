@@ -12,10 +12,12 @@ A model is a catalog name (``list_models()``, one JSON per model under ``moekern
 copied from the model's own config.json), a Hugging Face id (the catalog's ``_source``/``_aliases``
 first, then the local HF cache; never the network), or a folder holding a config.json.
 
-Extraction reads fields by name rather than trusting one transformers release: config classes gain,
-rename and validate fields between versions (transformers 5 rejects DBRX's own config.json, for
-one), so a config that transformers cannot build falls back to a plain ``PretrainedConfig`` and the
-same field names are read from it.
+The shape is read from the values the config.json itself holds, never from a config class: a class
+fills a missing field with its own default (a Mixtral config without ``num_local_experts`` answers
+8, Mixtral-8x7B's count), which would tune a silently wrong shape, and classes rename and validate
+fields between transformers releases. A field the shape needs and the file lacks is an error that
+names it. :func:`load_model_config` still gives the transformers config object, for callers that
+want one; a config that transformers cannot build falls back to a plain ``PretrainedConfig``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ class _Family:
     topk: tuple[str, ...]
     intermediate: tuple[str, ...]
     hidden: tuple[str, ...] = ("hidden_size",)
+
+    def fields(self) -> dict[str, tuple[str, ...]]:
+        """What each of the shape's fields means (for messages) -> the names it may have in config.json."""
+        return {"the number of experts": self.experts, "experts per token": self.topk,
+                "the expert intermediate size": self.intermediate, "the hidden size": self.hidden}
 
 
 # Order matters for configs whose model_type is unknown (remote code, newer models): the more
@@ -191,13 +198,13 @@ def list_models() -> list[str]:
     return sorted(_catalog())
 
 
-def _catalog_lookup(model: str) -> dict[str, Any] | None:
-    """A catalog entry by name or by the HF id it was copied from (case-insensitive)."""
+def _catalog_lookup(model: str) -> tuple[str, dict[str, Any]] | None:
+    """(name, values) of a catalog entry by name or by the HF id it was copied from (case-insensitive)."""
     wanted = model.strip().lower()
     for name, values in _catalog().items():
         ids = [name, values.get("_source", ""), *values.get("_aliases", [])]
         if wanted in (i.lower() for i in ids):
-            return json.loads(json.dumps(values))  # a private copy: callers must not edit the cache
+            return name, json.loads(json.dumps(values))  # a private copy: callers must not edit the cache
     return None
 
 
@@ -235,8 +242,7 @@ def _from_pretrained(source: str, config_json: Path, trust_remote_code: bool):
         # Unknown model_type, remote code not trusted, stricter validation than the file meets, or
         # a cache layout transformers does not read the way huggingface_hub found it.
         log.debug("AutoConfig could not load %s (%s); reading %s directly", source, exc, config_json)
-        with open(config_json, encoding="utf-8") as f:
-            return _build_config(json.load(f))
+        return _build_config(_read_json(config_json))
 
 
 def _cached_config_json(repo_id: str) -> Path | None:
@@ -260,22 +266,43 @@ def _unknown_model(model: str) -> ValueError:
     )
 
 
-def _load_root_config(model: str, trust_remote_code: bool):
+@dataclass(frozen=True)
+class _Source:
+    """Where a model's config comes from: its config.json values as written, and the file holding them."""
+
+    values: dict[str, Any]
+    path: Path
+    pretrained: str | None = None  # what AutoConfig.from_pretrained takes (a folder or a cached HF id)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _locate(model: str) -> _Source:
     path = Path(model).expanduser()
     if (path / "config.json").is_file():
-        return _from_pretrained(str(path), path / "config.json", trust_remote_code)
+        return _Source(_read_json(path / "config.json"), path / "config.json", pretrained=str(path))
     if path.is_file() and path.suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            return _build_config(json.load(f))
+        return _Source(_read_json(path), path)
     entry = _catalog_lookup(model)
     if entry is not None:
-        return _build_config(entry)
+        name, values = entry
+        return _Source(values, CATALOG_DIR / f"{name}.json")
     cached = _cached_config_json(model)
     if cached is not None:
-        return _from_pretrained(model, cached, trust_remote_code)
+        return _Source(_read_json(cached), cached, pretrained=model)
     if path.is_dir():  # checked last: a stray folder named like a catalog model must not shadow it
         raise ValueError(f"model folder {str(path)!r} has no config.json")
     raise _unknown_model(model)
+
+
+def _load_root_config(model: str, trust_remote_code: bool):
+    source = _locate(model)
+    if source.pretrained is not None:
+        return _from_pretrained(source.pretrained, source.path, trust_remote_code)
+    return _build_config(source.values)
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -332,34 +359,56 @@ def _first(config: Any, names: tuple[str, ...]) -> tuple[str, Any] | None:
     return None
 
 
-def _has_fields(config: Any, family: _Family) -> bool:
-    return all(_first(config, names) is not None for names in (family.experts, family.topk, family.intermediate))
+def _missing_fields(config: Any, family: _Family) -> dict[str, tuple[str, ...]]:
+    """The shape's fields ``config`` does not hold in ``family``'s spelling: meaning -> names looked for."""
+    return {what: names for what, names in family.fields().items() if _first(config, names) is None}
 
 
-def _find_moe_config(config: Any, model: str) -> tuple[Any, _Family]:
+def _missing_fields_error(model: str, source: _Source, where: str, config: Any, family: _Family) -> ValueError:
+    missing = "; ".join(f"{what} ({' or '.join(names)})" for what, names in _missing_fields(config, family).items())
+    return ValueError(
+        f"{model}: {where}{source.path} (model_type {_get(config, 'model_type')!r}) lacks {missing}. "
+        "The shape is read only from the values the file holds, never from a library's default (which may be "
+        "another model's value); add the field(s) to that file with this model's own value(s), as in the "
+        "config.json the model was published with."
+    )
+
+
+def _find_moe_config(config: Any, model: str, source: _Source, prefix: str | None) -> tuple[Any, _Family]:
     """The (sub-)config holding the MoE fields, and their family.
 
     A known model_type decides the family; otherwise the first family whose fields are all present.
     Nested language-model configs are searched because multimodal models keep the experts there.
     """
-    candidates = [config] + [c for c in (_get(config, n) for n in _NESTED_CONFIGS) if c is not None]
-    unknown_types = []
-    for cand in candidates:
+    def where(sub: str | None) -> str:  # for messages: which part of the file
+        return f"sub-config {sub!r} of " if sub else ""
+
+    candidates = [(where(prefix), config)]
+    for name in _NESTED_CONFIGS:
+        nested = _get(config, name)
+        if _is_config(nested):
+            candidates.append((where(f"{prefix}.{name}" if prefix else name), nested))
+    unknown_types, incomplete = [], None
+    for place, cand in candidates:
         model_type = _get(cand, "model_type")
         family = next((f for f in _FAMILIES if model_type in f.model_types), None)
         if family is None:
             unknown_types.append(cand)
-        elif _has_fields(cand, family):
+        elif not _missing_fields(cand, family):
             return cand, family
+        elif incomplete is None:
+            incomplete = (place, cand, family)
     # A known model_type without its fields is not guessed at; unknown ones are matched by fields.
     for cand in unknown_types:
         for family in _FAMILIES:
-            if _has_fields(cand, family):
+            if not _missing_fields(cand, family):
                 return cand, family
+    if incomplete is not None:
+        raise _missing_fields_error(model, source, *incomplete)
     model_type = _get(config, "model_type") or "unknown"
     raise ValueError(
         f"{model}: model_type {model_type!r} has no Mixture-of-Experts fields this tool knows "
-        "(number of experts, experts per token, expert intermediate size). Supported architectures:\n  "
+        "(number of experts, experts per token, expert intermediate size, hidden size). Supported architectures:\n  "
         + "\n  ".join(supported_architectures())
         + "\nIf the experts live in a sub-config, pass prefix=<its attribute name>."
     )
@@ -388,10 +437,9 @@ def _scalar(value: Any, field: str, model: str, notes: list[str]) -> int:
 
 
 def _read(config: Any, names: tuple[str, ...], model: str, notes: list[str]) -> int:
-    found = _first(config, names)
-    if found is None:
-        raise ValueError(f"{model}: config has none of {', '.join(names)}")
-    return _scalar(found[1], found[0], model, notes)
+    """The first of ``names`` that ``config`` holds (:func:`_find_moe_config` checked that one does)."""
+    name, value = _first(config, names)
+    return _scalar(value, name, model, notes)
 
 
 def _divisors(n: int, limit: int = 64) -> list[int]:
@@ -408,9 +456,11 @@ def _quant_config(*configs: Any) -> dict[str, Any] | None:
 
 
 def _model_float_dtype(*configs: Any) -> str:
-    """bf16 or fp16 from the model's torch_dtype/dtype. float32 checkpoints are served in bf16."""
+    """bf16 or fp16 from the config.json's dtype (transformers 5's name) or torch_dtype (the name most published
+    files use). Read from the file's values: the config classes warn on every read of torch_dtype. float32
+    checkpoints are served in bf16."""
     for config in configs:
-        for name in ("torch_dtype", "dtype"):
+        for name in ("dtype", "torch_dtype"):
             value = _get(config, name)
             if value is not None:
                 text = str(value).removeprefix("torch.")
@@ -456,6 +506,10 @@ def kernel_shape(
     with their ``weight_block_size``; otherwise bf16, or fp16 for float16 checkpoints. An explicit
     dtype from :data:`ALLOWED_DTYPES` is used as given (``fp8_w8a8`` keeps the model's fp8 block
     shape if it has one, else per-tensor scales).
+
+    Every field is read from the config.json's own values (see the module docstring), so no config
+    class is built and no remote code runs: ``trust_remote_code`` matters to :func:`load_model_config`
+    only, and is accepted here so one model entry serves both.
     """
     model = str(model)
     if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
@@ -463,9 +517,10 @@ def kernel_shape(
     if dtype not in ALLOWED_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(ALLOWED_DTYPES)}; got {dtype!r}")
 
-    root = _load_root_config(model, trust_remote_code)
+    source = _locate(model)
+    root = source.values
     config = _descend(root, prefix, model) if prefix else root
-    moe_config, family = _find_moe_config(config, model)
+    moe_config, family = _find_moe_config(config, model, source, prefix)
 
     notes: list[str] = []
     num_experts = _read(moe_config, family.experts, model, notes)

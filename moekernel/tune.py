@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the shard to write (.parquet; with several batch sizes, a path holding "
                    "{batch_size}); <out>.partial is its checkpoint")
     TuneSettings.add_cli_arguments(p)
-    p.add_argument("--jobs", type=int, default=None, help="compile workers (1: compile in this process); "
+    p.add_argument("--jobs", type=positive_int, default=None, help="compile workers (1: compile in this process); "
                    "default: min(16, CPUs available)")
     p.add_argument("--seed-from", nargs="+", action="extend", default=[], metavar="SHARD",
                    help="shards of the same key at other batch sizes whose best configs seed the fast strategy")
@@ -42,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "jobs compile nothing; no shard")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the summary line is still printed)")
     return p
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
 
 
 def batch_sizes(text: str) -> list[int]:
@@ -65,18 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     from .backend import command_backend
     from .shapes import KernelShape
     from .tuning import EXIT_RESUME, ContextPoisoned, TuneSettings
-    from .tuning.tuner import shard_paths
+    from .tuning.tuner import interpreter_refusal, shard_paths
 
-    try:  # fail fast, before anything is measured
-        KernelShape.from_key(args.key)
+    try:  # fail fast, before anything is measured (tune_batch_sizes checks that every --out can be written)
+        shape = KernelShape.from_key(args.key)
         settings = TuneSettings.from_cli(args)
+        settings.check_fits(shape)
         if args.out is None and not args.compile_only:
             raise ValueError("--out is required (unless --compile-only)")
         shard_paths(args.out, args.batch_size)
+        requested = settings.backend
+        settings = settings.replace(backend=command_backend(requested, "moekernel.tune", restart=argv is None))
+        refusal = None if args.compile_only else interpreter_refusal(shape, args.batch_size, requested,
+                                                                     settings.backend)
+        if refusal:
+            raise ValueError(refusal)
     except ValueError as exc:
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2
-    settings = settings.replace(backend=command_backend(settings.backend, "moekernel.tune", restart=argv is None))
     if args.compile_only:
         return _compile_only(args, settings)
 
@@ -91,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except ContextPoisoned as exc:
         print(f"moekernel.tune: {exc}", file=sys.stderr)
         return EXIT_RESUME
-    except ValueError as exc:  # bad routing file, seed shard...: say what, without a traceback
+    except ValueError as exc:  # bad routing file, seed shard, unwritable --out...: say what, without a traceback
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2
     if args.quiet:

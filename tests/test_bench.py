@@ -8,7 +8,7 @@ import torch
 from moekernel.bench import cli, table
 from moekernel.bench import sources as bench_sources
 from moekernel.configs import write_config_file, write_extended_config_file
-from moekernel.heuristics import PARAMS
+from moekernel.launch_params import PARAMS
 from moekernel.shapes import KernelShape
 
 H100 = "NVIDIA_H100_80GB_HBM3"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from moekernel import configs
-from moekernel.heuristics import (ALL_PARAMS, EXTENDED_PARAMS, HOPPER_SMEM_BYTES, PARAMS, default_config, down_split_k,
-                                  smem_upper_bound)
+from moekernel.heuristics import HOPPER_SMEM_BYTES, default_config, down_split_k, smem_upper_bound
+from moekernel.launch_params import ALL_PARAMS, EXTENDED_PARAMS, PARAMS
 
 DATA = Path(__file__).parent.parent / "benchmarks" / "vllm-h100-configs"
 H100 = "NVIDIA_H100_80GB_HBM3"

@@ -154,10 +154,10 @@ def test_default_config_when_nothing_tuned(device, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(SMALL, BLOCK_SIZE_M=24), "BLOCK_SIZE_M must be a power of two"),
+    (dict(SMALL, BLOCK_SIZE_M=24), "BLOCK_SIZE_M=24: must be a power of two >= 16"),
     ({"BLOCK_SIZE_M": 16}, "lacks BLOCK_SIZE_N"),
     ({"up": SMALL, "down": dict(SMALL, BLOCK_SIZE_M=32)}, "share BLOCK_SIZE_M"),
-    (dict(SMALL, num_warps=3), "num_warps"),
+    (dict(SMALL, num_warps=3), "num_warps=3: must be one of 1, 2, 4, 8, 16"),
 ])
 def test_bad_configs_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -205,19 +205,19 @@ def test_down_runner_measures_configs_the_up_gemm_could_not_use(device):
     down = dict(SMALL, BLOCK_SIZE_N=16)
     make_runner(inputs, down, gemm="down")()
     make_runner(inputs, SMALL, gemm="up")()
-    with pytest.raises(ValueError, match="up GEMM's BLOCK_SIZE_N"):
+    with pytest.raises(ValueError, match=r"BLOCK_SIZE_N=16: must be a power of two >= 32 \(for the up GEMM"):
         make_runner(inputs, down, gemm="both")
 
 
 def test_up_gemm_needs_room_for_gate_and_up():
-    with pytest.raises(ValueError, match="up GEMM's BLOCK_SIZE_N must be >= 32"):
+    with pytest.raises(ValueError, match=r"BLOCK_SIZE_N=16: must be a power of two >= 32 \(for the up GEMM"):
         normalize_config(dict(SMALL, BLOCK_SIZE_N=16))
     assert normalize_config({"up": SMALL, "down": dict(SMALL, BLOCK_SIZE_N=16)})[1]["BLOCK_SIZE_N"] == 16
 
 
 def test_block_quant_rejects_k_tile_wider_than_group(device):
     inputs = make_inputs(KernelShape(4, 32, 64, 2, "fp8_w8a8", block_shape=(32, 32)), 3, device=device)
-    with pytest.raises(ValueError, match="must divide the quantization block"):
+    with pytest.raises(ValueError, match="does not divide the quantization block"):
         moekernel.fused_experts(**inputs.kwargs(), config=dict(SMALL, BLOCK_SIZE_K=64))
 
 

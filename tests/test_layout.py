@@ -47,3 +47,29 @@ def test_snakemake_lint_is_clean():
     proc = subprocess.run(["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_install_sh_says_what_it_installs_one_line_a_step(tmp_path):
+    # Stand-ins for python3 and nvidia-smi: no torch yet, no GPU; every pip call is logged instead of run.
+    log = tmp_path / "calls"
+    (tmp_path / "python3").write_text(
+        "#!/usr/bin/env bash\n"
+        f"echo \"$*\" >> {log}\n"
+        '[ "$*" = "-c import torch" ] && exit 1\n'
+        'case "$*" in "-c import moekernel"*) echo "moekernel 0.1.0: torch 2.13.0, triton 3.9.0";; esac\n'
+        "exit 0\n")
+    (tmp_path / "nvidia-smi").write_text("#!/usr/bin/env bash\nexit 1\n")
+    for stub in ("python3", "nvidia-smi"):
+        (tmp_path / stub).chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(REPO / "install.sh"), "test"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    steps = [line.split("] ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("install.sh [")]
+    assert [s.split(" (")[0].split(":")[0] for s in steps] == [
+        "installing torch 2.13.0", "installing moekernel", "checking the install", "done"]
+    assert "pytest and pytest-xdist" in steps[1]
+    pip_calls = [line for line in log.read_text().splitlines() if line.startswith("-m pip install")]
+    # Not a terminal: pip stays quiet, so a CI log holds the step lines and little else.
+    assert pip_calls == ["-m pip install --disable-pip-version-check -q torch==2.13.0",
+                         "-m pip install --disable-pip-version-check -q -e .[pipeline,test]"]

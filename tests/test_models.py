@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -408,3 +412,52 @@ def test_block_quantized_shard_must_hold_whole_blocks():
     assert models.kernel_shape("deepseek-v3", tp_size=16).N == 128
     with pytest.raises(ValueError, match=r"N=64 rows .* fp8 block 128; tp sizes that work: \[1, 2, 4, 8, 16\]"):
         models.kernel_shape("deepseek-v3", tp_size=32)
+
+
+# ----------------------------------------------------------------------------- fields the file must hold
+
+
+def test_a_field_missing_from_config_json_is_an_error_not_a_library_default(tmp_path):
+    from transformers import MixtralConfig
+
+    values = {k: v for k, v in TINY_MIXTRAL.items() if k != "num_local_experts"}
+    folder = write_config(tmp_path / "no-experts", values)
+    assert MixtralConfig(**values).num_local_experts == 8  # what the config class would have tuned: another model's
+    with pytest.raises(ValueError) as err:
+        kernel_shape(folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder}: {folder / 'config.json'} (model_type 'mixtral') lacks the number of experts "
+                          "(num_local_experts).")
+    assert "add the field(s) to that file" in msg
+
+
+def test_every_missing_field_is_named_with_its_spellings(tmp_path):
+    values = {k: v for k, v in TINY_MIXTRAL.items() if k not in ("num_experts_per_tok", "hidden_size")}
+    with pytest.raises(ValueError) as err:
+        kernel_shape(write_config(tmp_path / "m", values))
+    assert "lacks experts per token (num_experts_per_tok or experts_per_token); the hidden size (hidden_size)" in str(
+        err.value)
+
+
+def test_a_missing_field_of_a_nested_config_names_the_sub_config(tmp_path):
+    scout = json.loads((models.CATALOG_DIR / "llama-4-scout.json").read_text())
+    del scout["text_config"]["intermediate_size"]
+    with pytest.raises(ValueError, match=r"sub-config 'text_config' of .*config.json \(model_type 'llama4_text'\) "
+                                         r"lacks the expert intermediate size \(intermediate_size\)"):
+        kernel_shape(write_config(tmp_path / "scout", scout))
+
+
+def test_the_dtype_field_of_transformers_5_is_read_too(tmp_path):
+    values = {k: v for k, v in TINY_MIXTRAL.items() if k != "torch_dtype"}
+    assert kernel_shape(write_config(tmp_path / "half", {**values, "dtype": "float16"})).dtype == "fp16"
+    assert kernel_shape(write_config(tmp_path / "bf", values)).dtype == "bf16"
+
+
+def test_resolving_the_catalog_prints_no_deprecation_warning():
+    # A fresh process: transformers warns once per process, so an earlier test could hide a repeat here.
+    code = "import moekernel.models as m\nfor name in m.list_models(): m.kernel_shape(name)\n"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

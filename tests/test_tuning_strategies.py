@@ -90,3 +90,15 @@ def test_get_strategy_parses_and_describes():
     for bad in ("greedy", "fast:speed=1", "exhaustive:x=1"):
         with pytest.raises(ValueError):
             get_strategy(bad)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("fast:eta=1", "option eta must be >= 2, got 1"),  # would never raise the iterations: an endless job
+    ("fast:eta=0", "option eta must be >= 2, got 0"),
+    ("fast:first_iters=0", "option first_iters must be >= 1"),
+    ("fast:radius=-1", "option radius must be >= 0"),
+])
+def test_fast_options_that_cannot_work_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        get_strategy(spec)
+    assert get_strategy("fast:radius=none").radius is None

@@ -11,12 +11,10 @@ from pathlib import Path
 
 from ..configs import STANDARD_BATCH_SIZES
 from ..configs import device_name as current_device_name
-from ..backend import command_backend
+from ..backend import INTERPRETER_EXAMPLE_KEY, command_backend, interpreter_size_problem
 from ..shapes import DTYPES, KernelShape
 
 DEFAULT_KEY = "E8-N7168-K4096-top2-bf16"  # Mixtral-8x7B at tp=2
-#: The interpreter runs the kernels through NumPy: refuse shapes with more weight elements than this.
-INTERPRETER_MAX_WEIGHTS = 1 << 22
 INTERPRETER_BANNER = (
     "#" * 100 + "\n"
     "# NO CUDA: the kernels ran in Triton's CPU interpreter. The times below are interpreter times and say\n"
@@ -100,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     backend = command_backend("auto", "moekernel.bench", restart=argv is None)
     interpreter = backend != "cuda"
-    if interpreter and shape.E * 3 * shape.N * shape.K > INTERPRETER_MAX_WEIGHTS:
-        parser.error(f"no CUDA, and {shape.key} is far too large for Triton's interpreter; try "
-                     "--key E4-N64-K64-top2-fp16 --batch-sizes 1,8")
+    too_large = interpreter_size_problem(shape) if interpreter else None
+    if too_large:
+        parser.error(f"no CUDA device, and {too_large}; try --key {INTERPRETER_EXAMPLE_KEY} --batch-sizes 1,8")
 
     import torch
     import triton

@@ -22,7 +22,9 @@ from ..backend import interpreted
 from ..configs import get_config
 from ..dtypes import QUANT_DTYPES, QuantMode
 from ..dtypes import info as dtype_info
-from ..heuristics import DOWN_ONLY_PARAMS, EXTENDED_PARAMS, PARAMS, default_config, is_split, up_down
+from .. import launch_params
+from ..heuristics import default_config, is_split, up_down
+from ..launch_params import DOWN_ONLY_PARAMS, EXTENDED_PARAMS, PARAMS
 from . import _kernels
 from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
 from .routing import align_buffers, fused_topk, launch_align
@@ -42,7 +44,9 @@ def override_config(config):
         _OVERRIDES.pop()
 
 
-def _check_one(cfg: dict, where: str) -> dict:
+def _check_one(cfg: dict, gemm: str, where: str) -> dict:
+    """The six parameters of a config driving ``gemm`` (num_warps and num_stages default to 4 and 3), checked
+    against moekernel.launch_params."""
     if not isinstance(cfg, dict):
         raise TypeError(f"{where} config must be a dict of {', '.join(PARAMS)}; got {type(cfg).__name__}")
     missing = [p for p in PARAMS[:4] if p not in cfg]
@@ -50,17 +54,9 @@ def _check_one(cfg: dict, where: str) -> dict:
         raise ValueError(f"{where} config lacks {', '.join(missing)} (needs {', '.join(PARAMS)})")
     out = {p: cfg.get(p, default) for p, default in zip(PARAMS, (None, None, None, None, 4, 3))}
     out.update({p: cfg.get(p, default) for p, default in EXTENDED_PARAMS.items()})
-    for p, v in out.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{where} config {p} must be a positive integer, got {v!r}")
-    for p in PARAMS[:3]:
-        v = out[p]
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{where} config {p} must be a power of two >= 16, got {v}")
-    if out["num_warps"] not in (1, 2, 4, 8, 16):
-        raise ValueError(f"{where} config num_warps must be 1, 2, 4, 8 or 16, got {out['num_warps']}")
-    if out["SPLIT_K"] & (out["SPLIT_K"] - 1):
-        raise ValueError(f"{where} config SPLIT_K must be a power of two (1: no split), got {out['SPLIT_K']}")
+    refused = launch_params.problems(out, gemm)
+    if refused:
+        raise ValueError(f"{where} config: " + "; ".join(refused))
     return out
 
 
@@ -69,8 +65,8 @@ def normalize_config(config) -> tuple[dict, dict]:
     GEMMs (its SPLIT_K applies to the down GEMM) or {"up": dict, "down": dict}."""
     split = is_split(config)
     raw_up, raw_down = up_down(config)
-    up = _check_one(raw_up, "up" if split else "fused-MoE")
-    down = _check_one(raw_down, "down" if split else "fused-MoE")
+    up = _check_one(raw_up, "up", "up" if split else "fused-MoE")
+    down = _check_one(raw_down, "down", "down" if split else "fused-MoE")
     for p in DOWN_ONLY_PARAMS:
         if up[p] != EXTENDED_PARAMS[p]:
             raise ValueError(f"{p} applies to the down GEMM only (the up GEMM's silu(gate)*up epilogue needs the "
@@ -81,9 +77,6 @@ def normalize_config(config) -> tuple[dict, dict]:
             "up and down configs must share BLOCK_SIZE_M (one token alignment feeds both GEMMs); got "
             f"{up['BLOCK_SIZE_M']} and {down['BLOCK_SIZE_M']}"
         )
-    if up["BLOCK_SIZE_N"] < 32:
-        raise ValueError(f"the up GEMM's BLOCK_SIZE_N must be >= 32 (it holds gate and up halves), got "
-                         f"{up['BLOCK_SIZE_N']}")
     return up, down
 
 
@@ -201,8 +194,9 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
     group_n = group_k = 1
     if spec.mode == QuantMode.BLOCK:
         group_n, group_k = spec.block_shape
-        if group_k % bk:
-            raise ValueError(f"BLOCK_SIZE_K={bk} must divide the quantization block's k={group_k}")
+        refused = launch_params.block_k_problem(bk, group_k)
+        if refused:
+            raise ValueError(refused)
     em = ws.sorted_ids.numel()
     split_k = cfg["SPLIT_K"]
     grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),) + ((split_k,) if split_k > 1 else ())
@@ -393,6 +387,8 @@ def smem_bytes(shape, config, gemm: str = "both") -> int:
         bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
         return (cfg["num_stages"] - 1) * (bm * bk * a_bytes + bk * bn * b_bytes) + bm * bn * 2
 
+    if gemm == "down" and "down" not in config:
+        return need(_check_one(config, "down", "down"))  # a down candidate: the up GEMM runs another config
     up, down = normalize_config(config)
     sizes = {"up": need(up), "down": need(down)}
     return max(sizes.values()) if gemm == "both" else sizes[gemm]

@@ -29,7 +29,7 @@ from packaging.version import Version
 
 from moekernel import configs
 from moekernel.pipeline import database
-from moekernel.heuristics import PARAMS
+from moekernel.launch_params import PARAMS
 from moekernel.shapes import KernelShape
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ import yaml
 
 from moekernel.configs import config_file_name
 from moekernel.shapes import KernelShape
-from moekernel.tuning.settings import TuneSettings, canonical_space
+from moekernel.tuning.settings import TuneSettings, canonical_space, gemm_scopes
+from moekernel.tuning.space import load_space, shape_problem
 from moekernel.tuning.strategies import get_strategy
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema" / "config.schema.yaml"
@@ -217,12 +218,19 @@ class Plan:
         return None
 
 
-def _space_arg(space) -> str:
-    """The --space argument, checked now so a bad space stops the run before any job starts."""
+def _space_arg(space, split: bool, config_key: str, kernel_keys: list[str]) -> str:
+    """The --space argument, checked now (its values, and that it can tune each kernel key) so a bad space stops the
+    run before any job starts."""
+    scopes = gemm_scopes(split)
     try:
-        return canonical_space(space)
+        text = canonical_space(space, scopes)
+        loaded = load_space(text, scopes)
     except ValueError as exc:
-        raise ConfigError(f"config key 'search.space': {exc}") from None
+        raise ConfigError(f"config key '{config_key}': {exc}") from None
+    problems = [shape_problem(KernelShape.from_key(k), loaded) for k in kernel_keys]
+    if any(problems):
+        raise ConfigError(f"config key '{config_key}': " + "; ".join(p for p in problems if p))
+    return text
 
 
 def routing_file(routing: str) -> str | None:
@@ -320,7 +328,7 @@ def make_plan(config: dict, *, cuda_available: bool, gpu_models: list[str] | Non
         backend = "cuda" if cuda_available else "interpret"
 
     strategy, space, iters = config["search"]["strategy"], config["search"]["space"], config["timing"]["iters"]
-    space = _space_arg(space)  # checked in demo mode too: the config would fail on a GPU
+    space = _space_arg(space, config["split"], "search.space", requested)  # in demo mode too: it would fail on a GPU
     batch_sizes = list(config["batch_sizes"])
     if demo:
         d = config["demo"]
@@ -329,7 +337,8 @@ def make_plan(config: dict, *, cuda_available: bool, gpu_models: list[str] | Non
         except ValueError as exc:
             raise ConfigError(f"config key 'demo.shape': {exc}") from exc
         rows = [shape_row(DEMO_MODEL, 1, False, shape.dtype, shape)]
-        strategy, space, iters, batch_sizes = "exhaustive", _space_arg(d["space"]), d["iters"], list(d["batch_sizes"])
+        space = _space_arg(d["space"], config["split"], "demo.space", [shape.key])
+        strategy, iters, batch_sizes = "exhaustive", d["iters"], list(d["batch_sizes"])
     keys = unique_keys(rows)
 
     try:

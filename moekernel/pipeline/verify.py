@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moekernel.heuristics import PARAMS
+from moekernel.launch_params import PARAMS
 from moekernel.pipeline.database import COMPARISONS_SCHEMA
 from moekernel.shapes import KernelShape
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from functools import cached_property
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import provenance
+from ..backend import interpreter_size_problem
 from ..configs import interpreter_device_name
 from ..shapes import KernelShape
 from . import shard as shard_io
@@ -18,12 +20,14 @@ from .measure import Measurements, now
 from .seeds import heuristic_seeds
 from .select import Checker, Selection
 from .settings import TuneSettings
-from .space import Candidate, config_str, device_smem_limit, prune
+from .space import Candidate, config_str, device_smem_limit, format_duration, interpreter_seconds, prune
 from .strategies import Fast
 
 FAILED = ("out_of_resources", "compile_error", "runtime_error", "incorrect")
 #: Finalists per group timed on every routing draw; the winner is one of them.
 ROBUST_TOP = 4
+
+log = logging.getLogger(__name__)
 
 
 class TuneJob:
@@ -96,6 +100,19 @@ class TuneJob:
                     groups.setdefault(group, []).append(cand)
         return groups
 
+    def warn_if_slow(self, survivors: set) -> None:
+        """Asked for the interpreter by name on a shape too large for it: say how long it may take, up front."""
+        from ..kernel.timing import INTERPRET_MAX_ITERS
+
+        problem = interpreter_size_problem(self.shape) if self.backend == "interpret" else None
+        if problem is None:
+            return
+        calls = min(self.settings.iters, INTERPRET_MAX_ITERS)
+        total = sum(calls * interpreter_seconds(self.shape, self.M, c.config) for c in survivors)
+        log.warning("%s; at M=%d, timing the %d candidates left after pruning takes up to about %s there (the fast "
+                    "strategy times fewer). A GPU does it in minutes.", problem, self.M, len(survivors),
+                    format_duration(total))
+
     def seeds(self) -> set:
         """Seeds from shards already measured (``seeds``), else (fast strategy only) the default rule's."""
         if self.shard_seeds or not isinstance(self.settings.strategy_obj, Fast):
@@ -115,8 +132,10 @@ class TuneJob:
         """The whole job: prune, explore, measure, time the finalists on every draw, select, write."""
         start = time.monotonic()
         strategy, rows = self.settings.strategy_obj, self.meas.rows
+        self.inputs  # noqa: B018 - a bad routing file is the user's error, raised here, not every candidate's row
         groups = self.candidates()
         survivors = {c for members in groups.values() for c in members}
+        self.warn_if_slow(survivors)
         # Every seed centres the search, even one pruned itself (say, as a duplicate launch); only the surviving
         # ones are kept through the strategy's rounds.
         seeds = self.seeds()

@@ -27,7 +27,10 @@ def seeds_from_shard(path, shape: KernelShape | None, scopes: Sequence[str], top
     """
     if not Path(path).is_file():
         raise ValueError(f"--seed-from {path}: no such shard")
-    frame = shard_io.to_frame(shard_io.read_shard(path))
+    try:
+        frame = shard_io.to_frame(shard_io.read_shard(path))
+    except (OSError, ValueError) as exc:  # pyarrow's errors for a file that is not Parquet derive from these
+        raise ValueError(f"--seed-from {path}: not a readable shard ({exc})") from None
     if shape is not None and not (frame["key"] == shape.key).all():
         raise ValueError(f"--seed-from {path}: not a shard of {shape.key}")
     seeds = set()

@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..backend import BACKENDS
-from .space import load_space
+from .space import load_space, shape_problem
 from .strategies import describe, get_strategy
 
 #: Draws the tuner may use; verify's held-out draws start above (moekernel.kernel.testing.HELD_OUT_DRAW).
@@ -37,7 +37,7 @@ class TuneSettings:
 
     def __post_init__(self):
         if isinstance(self.space, Mapping):
-            object.__setattr__(self, "space", canonical_space(self.space))
+            object.__setattr__(self, "space", canonical_space(self.space, self.scopes))
         for name, low, high in (("iters", 1, None), ("draws", 1, MAX_DRAWS)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
@@ -52,12 +52,18 @@ class TuneSettings:
 
     @cached_property
     def search_space(self) -> dict[str, list[int]]:
-        return load_space(self.space)
+        return load_space(self.space, self.scopes)
 
     @property
     def scopes(self) -> tuple[str, ...]:
-        """The gemm scopes a job tunes: the whole op, or the up and down GEMMs separately."""
-        return ("up", "down") if self.split else ("both",)
+        return gemm_scopes(self.split)
+
+    def check_fits(self, shape) -> None:
+        """ValueError if the search space cannot tune ``shape`` at all (``space.shape_problem``): said before a job
+        starts, not found in a shard of pruned rows."""
+        problem = shape_problem(shape, self.search_space)
+        if problem:
+            raise ValueError(problem)
 
     def replace(self, **changes) -> "TuneSettings":
         return dataclasses.replace(self, **changes)
@@ -111,9 +117,15 @@ class TuneSettings:
         return args
 
 
-def canonical_space(space) -> str:
+def gemm_scopes(split: bool) -> tuple[str, ...]:
+    """The gemm scopes a job tunes: the whole op, or the up and down GEMMs separately."""
+    return ("up", "down") if split else ("both",)
+
+
+def canonical_space(space, scopes: tuple[str, ...] = ("both",)) -> str:
     """A search space as text that changes exactly when its content does: a name as is, a mapping or the content of
-    a .json file as sorted, compact JSON. Checked with the tuner's reader (ValueError naming what is wrong)."""
+    a .json file as sorted, compact JSON. Checked with the tuner's reader for the gemm ``scopes`` it will tune
+    (ValueError naming what is wrong)."""
     if isinstance(space, str) and space.endswith(".json") and not space.lstrip().startswith("{"):
         path = Path(space)
         if not path.is_file():
@@ -122,7 +134,7 @@ def canonical_space(space) -> str:
             space = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"search space file {space!r} is not valid JSON ({exc})") from None
-    load_space(space)
+    load_space(space, scopes)
     if isinstance(space, Mapping):
         return json.dumps({k: v for k, v in space.items()}, sort_keys=True, separators=(",", ":"))
     return space

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,6 +91,22 @@ def write_shard(path: str | os.PathLike, rows: Iterable[Mapping] | pa.Table) -> 
 
 #: Columns a shard written before they existed lacks; read back as nulls.
 ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """ValueError unless the shard ``path`` can be written: its folder is made if missing and a file written there
+    and removed (the shard, its checkpoint and temporary file all live in it). A job checks this before measuring
+    anything, so a bad output path never costs the measurements."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give the shard's file name, e.g. {path / 'bs64.parquet'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write the shard {path}: {exc.strerror or exc} ({exc.filename or path.parent}); "
+                         "choose an output path in a folder you can write") from None
 
 
 def read_shard(path: str | os.PathLike) -> pa.Table:

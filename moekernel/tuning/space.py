@@ -10,10 +10,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from ..heuristics import HOPPER_SMEM_BYTES, PARAMS
+from ..heuristics import HOPPER_SMEM_BYTES
+from .. import launch_params
+from ..launch_params import PARAMS
 from ..shapes import KernelShape
 
 
@@ -29,10 +31,15 @@ VLLM_SPACE: dict[str, list[int]] = {
 
 
 
-def load_space(spec: str | Mapping[str, Iterable[int]] = "vllm") -> dict[str, list[int]]:
+def load_space(spec: str | Mapping[str, Iterable[int]] = "vllm", scopes: Sequence[str] = ("both",)
+               ) -> dict[str, list[int]]:
     """``"vllm"``, a mapping of parameter -> values, a JSON object text, or the path of a JSON file.
 
-    Parameters the mapping leaves out keep the vLLM lists, so ``{"num_stages": [3]}`` narrows one axis.
+    Parameters the mapping leaves out keep the vLLM lists, so ``{"num_stages": [3]}`` narrows one axis. Every value
+    is checked against the kernel's rules (``moekernel.launch_params``) for the gemm ``scopes`` the space is tuned
+    for: a value no scope can launch is an error naming the parameter and what is allowed, as is a parameter that
+    leaves a scope no value at all. (A value that suits one scope of a split search and not the other, such as
+    BLOCK_SIZE_N=16 for the down GEMM alone, is kept and pruned, with the reason, where it cannot run.)
     """
     if isinstance(spec, str):
         if spec == "vllm":
@@ -55,10 +62,43 @@ def load_space(spec: str | Mapping[str, Iterable[int]] = "vllm") -> dict[str, li
     space = {k: list(v) for k, v in VLLM_SPACE.items()}
     for name, values in spec.items():
         values = [values] if isinstance(values, int) else list(values)
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-            raise ValueError(f"search space {name} must be a non-empty list of positive integers, got {values!r}")
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"search space {name} must be a non-empty list of integers, got {values!r}")
         space[name] = sorted(set(values))
+        _check_values(name, space[name], scopes)
     return space
+
+
+def _check_values(name: str, values: list[int], scopes: Sequence[str]) -> None:
+    usable = {gemm: [v for v in values if launch_params.rules(gemm)[name].allows(v)] for gemm in scopes}
+    refused = [v for v in values if not any(v in kept for kept in usable.values())]
+    if refused:
+        rule = launch_params.rules("down" if "down" in scopes else scopes[0])[name]  # the loosest of the scopes
+        down_only = [v for v in refused if "down" not in scopes and launch_params.rules("down")[name].allows(v)]
+        hint = (f"; {', '.join(map(str, down_only))} would suit the down GEMM alone, in a split search (split: true)"
+                if down_only else "")
+        raise ValueError(f"search space {name}: {', '.join(map(str, refused))} not allowed; {name} must be "
+                         f"{rule.describe()}{hint}")
+    for gemm, kept in usable.items():
+        if not kept:
+            raise ValueError(f"search space {name}: none of {', '.join(map(str, values))} suits the {gemm} GEMM, "
+                             f"which needs {launch_params.rules(gemm)[name].describe()}")
+
+
+def shape_problem(shape: KernelShape, space: Mapping[str, list[int]]) -> str | None:
+    """Why ``space`` cannot tune ``shape`` at all (every candidate would be pruned), or None.
+
+    Block-quantized weights need a BLOCK_SIZE_K that divides the quantization block's k; a space with none such
+    would prune every config, which is better said before the job than found in its shard."""
+    if shape.block_shape is None:
+        return None
+    block_k = shape.block_shape[1]
+    if any(launch_params.block_k_problem(v, block_k) is None for v in space["BLOCK_SIZE_K"]):
+        return None
+    fits = launch_params.block_k_choices(block_k)
+    return (f"{shape.key}: no BLOCK_SIZE_K of the search space ({', '.join(map(str, space['BLOCK_SIZE_K']))}) "
+            f"divides the k={block_k} of its quantization block {shape.block_shape[0]}x{block_k}, so every "
+            f"candidate would be pruned; add one of {', '.join(map(str, fits))} to BLOCK_SIZE_K")
 
 
 def expand(space: Mapping[str, list[int]]) -> list[dict[str, int]]:
@@ -124,6 +164,34 @@ def smem_bytes(shape: KernelShape, config: Mapping[str, int], gemm: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Time in the interpreter
+
+# Measured with Triton 3.9's interpreter on one x86 core: each (program, K step) of a GEMM costs about 1 ms plus
+# 0.7 us per element of its three tiles (A, B and the accumulator); within a factor of two from 16x32x64 to 64x256x256.
+_INTERPRETER_S_PER_STEP = 1e-3
+_INTERPRETER_S_PER_TILE_ELEMENT = 7e-7
+
+
+def interpreter_seconds(shape: KernelShape, M: int, config: Mapping[str, int]) -> float:
+    """About how long one call of the whole op with ``config`` takes in Triton's CPU interpreter (for warnings)."""
+    bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
+    per_step = _INTERPRETER_S_PER_STEP + _INTERPRETER_S_PER_TILE_ELEMENT * (bm * bk + bk * bn + bm * bn)
+    steps = 0
+    for gemm in ("up", "down"):
+        rows, cols = _grid(shape, M, config, gemm)
+        steps += rows * cols * _cdiv(_gemm_dims(shape, gemm)[1], bk)
+    return steps * per_step
+
+
+def format_duration(seconds: float) -> str:
+    """``40 s``, ``19 min``, ``5.2 h``, ``3.1 days``: a duration as a person reads it."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.2g} {unit}" if seconds < 10 * size else f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Pruning
 
 
@@ -164,16 +232,13 @@ def _launch_key(shape: KernelShape, M: int, config: Mapping[str, int], gemms: tu
 
 
 def block_quant_reason(shape: KernelShape, config: Mapping[str, int]) -> str | None:
-    """Block-quantized weights: a K step must stay inside one scale block (BLOCK_SIZE_K divides block_k), since
-    the kernel scales each partial dot by one scale per row and column. BLOCK_SIZE_N is free: the kernel reads one
-    scale per output column, so tiles and scale blocks need not line up along N."""
+    """Block-quantized weights: a K step must stay inside one scale block (``launch_params.block_k_problem``).
+    BLOCK_SIZE_N is free: the kernel reads one scale per output column, so tiles and scale blocks need not line up
+    along N."""
     if shape.block_shape is None:
         return None
-    block_k = shape.block_shape[1]
-    tile = config["BLOCK_SIZE_K"]
-    if block_k % tile:
-        return f"block quant: BLOCK_SIZE_K={tile} does not divide the quant block's k={block_k}"
-    return None
+    refused = launch_params.block_k_problem(config["BLOCK_SIZE_K"], shape.block_shape[1])
+    return f"block quant: {refused}" if refused else None
 
 
 def prune(
@@ -199,7 +264,9 @@ def prune(
     result: list[tuple[dict[str, int], str | None]] = []
     kept_by_launch: dict[tuple, dict[str, int]] = {}
     for config in expand(space):
-        reason = block_quant_reason(shape, config)
+        # A value one GEMM cannot launch (BLOCK_SIZE_N=16 for the up GEMM of a split search) is a row, not an error.
+        refused = launch_params.problems(config, gemm)
+        reason = f"kernel: {'; '.join(refused)}" if refused else block_quant_reason(shape, config)
         bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
         if reason is None and bm_cap is not None and bm > bm_cap:
             reason = (

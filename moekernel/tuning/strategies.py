@@ -43,6 +43,14 @@ class Fast:
     final_keep: int = 4  # per group, at most this many reach the full-iters round (and at least)
     radius: int | None = 2  # with seeds: explore configs within this many steps of one (None: explore all)
 
+    def __post_init__(self):
+        # eta 1 would never raise the iterations (an endless loop), eta 0 divides by zero: say so before any job.
+        least = {"eta": 2, "first_iters": 1, "final_keep": 1, "radius": 0}
+        for name, minimum in least.items():
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"fast-strategy option {name} must be >= {minimum}, got {value}")
+
     def explore(self, groups, seeds, space) -> tuple[dict[Hashable, list[Candidate]], str | None]:
         """The candidates worth timing at all, and the prune reason for the others."""
         if self.radius is None or not seeds:

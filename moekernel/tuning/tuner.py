@@ -13,20 +13,44 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..backend import resolve_backend
+from ..backend import INTERPRETER_EXAMPLE_KEY, interpreter_size_problem, resolve_backend
+from ..heuristics import default_config
 from ..shapes import KernelShape
 from . import shard as shard_io
 from .compile import CompilePool, compile_configs, default_jobs
 from .job import TuneJob
 from .seeds import nearest_key_shard, seeds_from_other_key, seeds_from_shard
 from .settings import TuneSettings
-from .space import PARAMS, device_smem_limit, prune
+from .space import PARAMS, device_smem_limit, format_duration, interpreter_seconds, prune
 
 
-def _settings(settings: TuneSettings | None, overrides: dict) -> TuneSettings:
-    """The settings to run with: ``settings`` (or the defaults) with ``overrides`` applied, backend resolved."""
+def _settings(shape: KernelShape, settings: TuneSettings | None, overrides: dict,
+              batch_sizes: Iterable[int] = ()) -> TuneSettings:
+    """The settings to run with: ``settings`` (or the defaults) with ``overrides`` applied, backend resolved; checked
+    against ``shape`` (:meth:`TuneSettings.check_fits`) and, to tune ``batch_sizes``, the interpreter's size rule
+    (:func:`interpreter_refusal`)."""
     settings = (settings or TuneSettings()).replace(**overrides)
-    return settings.replace(backend=resolve_backend(settings.backend))
+    settings.check_fits(shape)
+    resolved = settings.replace(backend=resolve_backend(settings.backend))
+    refusal = interpreter_refusal(shape, batch_sizes, settings.backend, resolved.backend) if batch_sizes else None
+    if refusal:
+        raise ValueError(refusal)
+    return resolved
+
+
+def interpreter_refusal(shape: KernelShape, batch_sizes: Iterable[int], requested: str, backend: str) -> str | None:
+    """Why the tuner will not run ``shape``: with no GPU, backend ``requested`` "auto" fell back to the interpreter,
+    and the shape is too large for it (``moekernel.backend.interpreter_size_problem``, the benchmark's rule too).
+    None if it may run; asking for ``interpret`` by name runs any shape (the job warns how long it may take)."""
+    problem = interpreter_size_problem(shape)
+    if requested != "auto" or backend != "interpret" or problem is None:
+        return None
+    M = min(batch_sizes)
+    config = default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.quant_dtype, shape.block_shape)
+    return (f"no CUDA device, and {problem}: one call of the op at M={M} would take about "
+            f"{format_duration(interpreter_seconds(shape, M, config))} there, and every candidate is timed with "
+            "several. Tune this shape on a GPU machine; to try the tuner here, use a small shape "
+            f"(--key {INTERPRETER_EXAMPLE_KEY}), or pass --backend interpret to run this one anyway")
 
 
 def tune(shape: KernelShape | str, batch_size: int, settings: TuneSettings | None = None, *,
@@ -61,7 +85,10 @@ def tune_batch_sizes(shape: KernelShape | str, batch_sizes: Iterable[int], setti
     """
     shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
     paths = shard_paths(out, batch_sizes)
-    settings = _settings(settings, overrides)
+    settings = _settings(shape, settings, overrides, paths)
+    for path in paths.values():  # before anything is measured: an unusable output must not cost the results
+        if path is not None and not (skip_existing and path.is_file()):
+            shard_io.check_writable(path)
     seed_from = list(seed_from)
     shard_seeds: set | None = None  # read once, at the first batch size actually tuned
     frames: dict[int, pd.DataFrame] = {}
@@ -121,7 +148,7 @@ def precompile(shape: KernelShape | str, batch_size: int, settings: TuneSettings
     ``status``, ``compile_s``, ``error``. The interpreter compiles nothing (an empty frame).
     """
     shape = KernelShape.from_key(shape) if isinstance(shape, str) else shape
-    settings = _settings(settings, overrides)
+    settings = _settings(shape, settings, overrides)
     items = []
     if settings.backend == "cuda":
         limit = device_smem_limit("cuda", "cuda")

@@ -1,0 +1,106 @@
+"""The launch parameters of a kernel config (the engines' six and moekernel's own), and the values the kernel
+accepts for each.
+
+One table serves the kernel's own check of a config (``moekernel.kernel.moe.normalize_config``), the search space
+(``moekernel.tuning.space.load_space`` names a value the kernel refuses when the space is read, before any job) and
+pruning (a candidate that cannot launch for one GEMM is a recorded row with the reason). No torch or triton:
+planning reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: The engines' launch parameters, in the order their files list them.
+PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+#: moekernel's launch parameters beyond the engines' six, with the default that means "as the engines' kernel":
+#: SPLIT_K, programs per down-GEMM output tile, each reducing a contiguous slice of N (a power of two).
+EXTENDED_PARAMS = {"SPLIT_K": 1}
+#: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
+#: a config for both GEMMs applies them to the down GEMM, and an "up" config must leave them at their default.
+DOWN_ONLY_PARAMS = ("SPLIT_K",)
+#: Every launch parameter, as moekernel's own config files list them.
+ALL_PARAMS = PARAMS + tuple(EXTENDED_PARAMS)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the kernel accepts for one parameter: an integer >= ``minimum``, a power of two if ``power_of_two``,
+    one of ``choices`` if given; ``why`` is said with a refusal."""
+
+    minimum: int = 1
+    power_of_two: bool = False
+    choices: tuple[int, ...] | None = None
+    why: str = ""
+
+    def allows(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int) or value < self.minimum:
+            return False
+        if self.power_of_two and value & (value - 1):
+            return False
+        return self.choices is None or value in self.choices
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.power_of_two:
+            text = f"a power of two >= {self.minimum}"
+        else:
+            text = f"an integer >= {self.minimum}"
+        return f"{text} ({self.why})" if self.why else text
+
+
+_TILE = Rule(16, power_of_two=True, why="Triton's dot needs every tile side to be a power of two >= 16")
+
+#: The rules for a config that drives the down GEMM only.
+RULES: dict[str, Rule] = {
+    "BLOCK_SIZE_M": _TILE,
+    "BLOCK_SIZE_N": _TILE,
+    "BLOCK_SIZE_K": _TILE,
+    "GROUP_SIZE_M": Rule(1),
+    "num_warps": Rule(choices=(1, 2, 4, 8, 16)),
+    "num_stages": Rule(1, why="1: no software pipelining"),
+    "SPLIT_K": Rule(1, power_of_two=True, why="1: no split"),
+}
+
+#: The up GEMM's tile holds the gate and the up halves of w1, BLOCK_SIZE_N // 2 rows each, each a dot of its own.
+UP_RULES: dict[str, Rule] = {
+    **RULES,
+    "BLOCK_SIZE_N": Rule(32, power_of_two=True, why="for the up GEMM: its tile holds the gate and up halves, "
+                                                    "16 rows each at least"),
+    "SPLIT_K": Rule(choices=(1,), why="the up GEMM's silu(gate)*up epilogue needs its whole reduction"),
+}
+
+
+def rules(gemm: str) -> dict[str, Rule]:
+    """The rules for a config driving ``gemm``: ``both`` and ``up`` drive the up GEMM, ``down`` only the down one."""
+    if gemm not in ("both", "up", "down"):
+        raise ValueError(f"gemm must be 'both', 'up' or 'down', got {gemm!r}")
+    return RULES if gemm == "down" else UP_RULES
+
+
+def problems(config: Mapping[str, int], gemm: str) -> list[str]:
+    """One line per parameter of ``config`` the kernel refuses for ``gemm``, e.g. ``num_warps=3: must be one of
+    1, 2, 4, 8, 16``; empty if it can launch."""
+    table = rules(gemm)
+    return [f"{p}={config[p]!r}: must be {table[p].describe()}" for p in ALL_PARAMS
+            if p in config and not table[p].allows(config[p])]
+
+
+def block_k_problem(block_size_k: int, block_k: int) -> str | None:
+    """Block-quantized weights carry one scale per block_k of the reduction, and the kernel scales each K step's
+    partial dot by one scale: a K step must stay inside one block (BLOCK_SIZE_K divides block_k)."""
+    if block_k % block_size_k:
+        return f"BLOCK_SIZE_K={block_size_k} does not divide the quantization block's k={block_k}"
+    return None
+
+
+def block_k_choices(block_k: int) -> list[int]:
+    """Every BLOCK_SIZE_K the kernel accepts that divides ``block_k`` (what to offer when a space has none)."""
+    tile, choices = RULES["BLOCK_SIZE_K"].minimum, []
+    while tile <= block_k:
+        if block_k_problem(tile, block_k) is None:
+            choices.append(tile)
+        tile *= 2
+    return choices
