@@ -69,7 +69,8 @@ UP_RULES: dict[str, Rule] = {
     **RULES,
     "BLOCK_SIZE_N": Rule(32, power_of_two=True, why="for the up GEMM: its tile holds the gate and up halves, "
                                                     "16 rows each at least"),
-    "SPLIT_K": Rule(choices=(1,), why="the up GEMM's silu(gate)*up epilogue needs its whole reduction"),
+    "SPLIT_K": Rule(choices=(1,), why="it applies to the down GEMM only: the up GEMM's silu(gate)*up epilogue "
+                                      "needs its whole reduction"),
 }
 
 

@@ -296,10 +296,10 @@ def test_split_k_in_a_split_config_and_more_splits_than_k_steps(device):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(SMALL, SPLIT_K=3), "SPLIT_K must be a power of two"),
-    (dict(SMALL, SPLIT_K=0), "SPLIT_K must be a positive integer"),
-    ({"up": SMALL, "down": dict(SMALL, SPLIT_K=2.0)}, "SPLIT_K must be a positive integer"),
-    ({"up": dict(SMALL, SPLIT_K=2), "down": SMALL}, "SPLIT_K applies to the down GEMM only"),
+    (dict(SMALL, SPLIT_K=3), "SPLIT_K=3: must be a power of two"),
+    (dict(SMALL, SPLIT_K=0), "SPLIT_K=0: must be a power of two >= 1"),
+    ({"up": SMALL, "down": dict(SMALL, SPLIT_K=2.0)}, "SPLIT_K=2.0: must be"),
+    ({"up": dict(SMALL, SPLIT_K=2), "down": SMALL}, "SPLIT_K=2: must be one of 1 .it applies to the down GEMM only"),
 ])
 def test_bad_split_k_is_named(bad, match):
     with pytest.raises(ValueError, match=match):

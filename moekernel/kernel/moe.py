@@ -24,7 +24,7 @@ from ..dtypes import QUANT_DTYPES, QuantMode
 from ..dtypes import info as dtype_info
 from .. import launch_params
 from ..heuristics import default_config, is_split, up_down
-from ..launch_params import DOWN_ONLY_PARAMS, EXTENDED_PARAMS, PARAMS
+from ..launch_params import EXTENDED_PARAMS, PARAMS
 from . import _kernels
 from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
 from .routing import align_buffers, fused_topk, launch_align
@@ -67,11 +67,6 @@ def normalize_config(config) -> tuple[dict, dict]:
     raw_up, raw_down = up_down(config)
     up = _check_one(raw_up, "up", "up" if split else "fused-MoE")
     down = _check_one(raw_down, "down", "down" if split else "fused-MoE")
-    for p in DOWN_ONLY_PARAMS:
-        if up[p] != EXTENDED_PARAMS[p]:
-            raise ValueError(f"{p} applies to the down GEMM only (the up GEMM's silu(gate)*up epilogue needs the "
-                             f"whole reduction): leave it out of the up config or set {EXTENDED_PARAMS[p]}, "
-                             f"got {up[p]}")
     if up["BLOCK_SIZE_M"] != down["BLOCK_SIZE_M"]:
         raise ValueError(
             "up and down configs must share BLOCK_SIZE_M (one token alignment feeds both GEMMs); got "
