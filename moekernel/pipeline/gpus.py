@@ -65,13 +65,15 @@ def visible_gpus() -> list[str]:
     An existing CUDA_VISIBLE_DEVICES (SLURM sets one) is respected: its entries (indices, UUIDs or MIG
     ids) are kept as they are, cut to the devices the driver really shows.
     """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and not env.strip():
+        return []  # every GPU hidden: no need to ask the driver (nor to import torch)
     try:
         import torch
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # no usable torch/CUDA: no GPUs
         count = 0
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is None:
         return [str(i) for i in range(count)]
     ids = []

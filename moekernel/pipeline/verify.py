@@ -59,12 +59,23 @@ def load_file_configs(shape: KernelShape, folder, device_name: str) -> dict[int,
                                 folders=[Path(folder)], fallback=False)
 
 
+def precompile(shape: KernelShape, configs: list[dict], jobs: int) -> None:
+    """Compile every distinct config into Triton's cache on ``jobs`` CPU workers first: the default's and the
+    baseline's configs were mostly never timed by the tuner, and compiling them one at a time at their first launch
+    costs verify more than its timing does. A config that does not compile fails at its launch, as a row."""
+    from moekernel.tuning.compile import compile_configs
+
+    unique = list({json.dumps(c, sort_keys=True): c for c in configs}.values())
+    compile_configs(shape, 1, [(c, "both") for c in unique], jobs=jobs, device="cuda")
+
+
 def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "uniform", seed: int = 0,
                iters: int = 20, draws: int = 3, max_loss: float = 0.02, baseline_dir=None,
-               backend: str = "cuda") -> pd.DataFrame:
+               backend: str = "cuda", jobs: int = 1) -> pd.DataFrame:
     """One row per (batch size, source) for ``key`` on GPU model ``gpu``; see the module docstring.
 
-    ``shards``: {batch size: shard path} of the key's tune job; the baseline folder is looked up under ``gpu``."""
+    ``shards``: {batch size: shard path} of the key's tune job; the baseline folder is looked up under ``gpu``.
+    ``jobs``: CPU workers compiling the configs before anything is timed."""
     from moekernel import configs, roofline
     from moekernel.backend import torch_device
     from moekernel.kernel import testing
@@ -79,23 +90,30 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
     base = {"key": key, "device": gpu, "backend": backend}
     note = INTERPRETER_NOTE if backend == "interpret" else None
 
+    def sources(M: int) -> dict[str, tuple[dict, int | None]]:
+        """{source: (config, the batch size of the file entry it came from)} at batch size M."""
+        found = {"default": (configs.default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.dtype,
+                                                    shape.block_shape), None)}
+        if M in tuned:
+            found["tuned"] = (tuned[M], M)
+        if baseline:
+            m = configs.nearest_batch_size(baseline, M)
+            found["baseline"] = (baseline[m], m)
+        return found
+
+    if backend == "cuda" and jobs > 1:
+        precompile(shape, [c for M in shards for c, _ in sources(M).values()], jobs)
     rows = []
     for M in sorted(shards):
         inputs = testing.make_inputs(shape, M, routing=routing, seed=seed, device=torch_device(backend))
         held_out = [testing.redraw(inputs, shape, M, routing=routing, seed=seed, draw=testing.HELD_OUT_DRAW + d)
                     for d in range(draws)]
         at_m = {**base, "batch_size": M, "hit_experts": roofline.hit_experts(held_out[0].topk_ids, shape.E)}
-        candidates = {"default": (configs.default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.dtype,
-                                                         shape.block_shape), None)}
-        if M in tuned:
-            candidates["tuned"] = (tuned[M], M)
-        else:
+        candidates = sources(M)
+        if "tuned" not in candidates:
             rows.append({**at_m, "source": "tuned", "ok": False, "emitted": False,
                          "note": "no winner in the shard (every candidate failed); the file holds the default"})
-        if baseline:
-            m = configs.nearest_batch_size(baseline, M)
-            candidates["baseline"] = (baseline[m], m)
-        elif baseline_dir is not None:
+        if baseline_dir is not None and not baseline:
             rows.append({**at_m, "source": "baseline", "note": f"no baseline config file for device {gpu}"})
 
         runners = {}
