@@ -19,8 +19,12 @@ if not workflow.overwrite_configfiles:
 VISIBLE_GPUS = gpus.visible_gpus()
 # The jobs choose among these GPUs (moekernel.pipeline.gpus.pin_process) without asking CUDA themselves.
 os.environ[gpus.ENV_GPUS] = ",".join(VISIBLE_GPUS)
+# backend auto: cuda if the run has GPUs, visible here or promised by --resources gpu=N (profiles/slurm: the
+# cluster's, as a login node has none); cluster jobs keep the submitting process's answer.
+RUN_HAS_GPUS = gpus.run_has_gpus(VISIBLE_GPUS, workflow.global_resources.get("gpu").value,
+                                 main_process=workflow.is_main_process)
 try:
-    PLAN = plan.make_plan(config, cuda_available=bool(VISIBLE_GPUS), schema_path=REPO / "schema" / "config.schema.yaml")
+    PLAN = plan.make_plan(config, cuda_available=RUN_HAS_GPUS, schema_path=REPO / "schema" / "config.schema.yaml")
 except plan.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 CFG = PLAN.config  # validated, defaults filled in
