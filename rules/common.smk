@@ -38,10 +38,11 @@ if workflow.is_main_process and PLAN.banner():
 GPU_PER_JOB = 1 if PLAN.backend == "cuda" else 0
 if GPU_PER_JOB and VISIBLE_GPUS and "gpu" not in workflow.global_resources:
     workflow.global_resources["gpu"] = len(VISIBLE_GPUS)
-# Compile threads per tune job: by default the cores shared out among the GPUs' concurrent jobs.
+# Compile threads per tune job: by default the cores shared out among the GPUs' concurrent jobs. A cluster run
+# has no --cores (profiles/slurm's set-threads decides there), hence the settings' value, not workflow.cores.
 TUNE_THREADS = CFG["tune_threads"]
 if TUNE_THREADS == "auto":
-    TUNE_THREADS = max(1, (workflow.cores or 1) // max(1, len(VISIBLE_GPUS))) if GPU_PER_JOB else 1
+    TUNE_THREADS = max(1, (workflow.resource_settings.cores or 1) // max(1, len(VISIBLE_GPUS))) if GPU_PER_JOB else 1
 
 ROUTING_FILE = plan.routing_file(PLAN.settings.routing)
 
