@@ -51,8 +51,8 @@ def slurm_status_query(status_command: str, init_seconds: int) -> list[str]:
         kept = "cannot be read (scontrol show config)" if min_job_age is None else f"is {min_job_age} s"
         return [f"squeue is asked for job states, but slurm.conf's MinJobAge {kept}; below {needed} s (three of the "
                 f"executor's first waits of {init_seconds} s) the executor falls back to sacct, which is refused here "
-                f"({refusal}), and the run would wait forever. Lower slurm-init-seconds-before-status-checks to a third "
-                f"of MinJobAge, or ask the cluster's admins for MinJobAge >= {needed} (SLURM's default is 300)."]
+                f"({refusal}), and the run would wait forever. Lower slurm-init-seconds-before-status-checks to a "
+                f"third of MinJobAge, or ask the cluster's admins for MinJobAge >= {needed} (SLURM's default is 300)."]
     return []
 
 
