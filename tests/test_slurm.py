@@ -124,6 +124,12 @@ def test_without_accounting_the_run_stops_unless_told_to_ask_squeue(slurm, tmp_p
         assert stopped.returncode != 0
         assert "sacct is refused here" in stopped.stdout and "slurm-status-command: squeue" in stopped.stdout, \
             why(stopped, slurm)
+        # squeue, but first asked so late that MinJobAge would have dropped the job: the executor would fall back.
+        first_check = cluster.MIN_JOB_AGE_S // 2
+        late = run_through_slurm(tmp_path, demo_config(), shard, "--slurm-status-command", "squeue",
+                                 "--slurm-init-seconds-before-status-checks", str(first_check))
+        assert late.returncode != 0
+        assert f"MinJobAge is {cluster.MIN_JOB_AGE_S} s; below {3 * first_check} s" in late.stdout, why(late, slurm)
         assert slurm.jobs(tmp_path) == []
 
         result = run_through_slurm(tmp_path, demo_config(), shard, "--slurm-status-command", "squeue")

@@ -31,6 +31,7 @@ ACCOUNT = "moekernel-ci"
 CLUSTER_NAME = "moekernel-test"
 NODE_CPUS = 8
 NODE_MEMORY_MB = 8000
+MIN_JOB_AGE_S = 3600  # finished jobs stay in squeue --states=all this long
 SLURM_PORTS = {"slurmctld": 6817, "slurmd": 6818, "slurmdbd": 6819}  # SLURM's defaults
 CONF_DIR = Path("/etc/slurm")
 MARKER = "# Written by moekernel's tests/slurm/cluster.py; removed when its cluster stops."
@@ -211,7 +212,7 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
-MinJobAge=3600
+MinJobAge={MIN_JOB_AGE_S}
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
