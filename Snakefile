@@ -16,6 +16,7 @@ include: "rules/select.smk"
 include: "rules/verify.smk"
 include: "rules/database.smk"
 include: "rules/report.smk"
+include: "rules/cluster.smk"
 
 
 # Cheap bookkeeping stays on the submitting host under a cluster executor.

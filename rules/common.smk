@@ -26,8 +26,13 @@ VISIBLE_GPUS = gpus.visible_gpus()
 GPU_MODELS = gpus.gpu_models(VISIBLE_GPUS)
 # The jobs choose among these GPUs, by model (moekernel.pipeline.gpus.pin_process), without asking CUDA themselves.
 os.environ[gpus.ENV_GPUS] = gpus.format_env(GPU_MODELS)
+# backend auto: cuda if the run has GPUs, visible here or promised by --resources gpu=N (profiles/slurm: the
+# cluster's, as a login node has none; config.yaml's gpus then names their models); cluster jobs keep the
+# submitting process's answer.
+RUN_HAS_GPUS = gpus.run_has_gpus(VISIBLE_GPUS, workflow.global_resources.get("gpu").value,
+                                 main_process=workflow.is_main_process)
 try:
-    PLAN = plan.make_plan(config, cuda_available=bool(VISIBLE_GPUS), gpu_models=list(GPU_MODELS.values()),
+    PLAN = plan.make_plan(config, cuda_available=RUN_HAS_GPUS, gpu_models=list(GPU_MODELS.values()),
                           schema_path=REPO / "schema" / "config.schema.yaml")
 except plan.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
@@ -49,10 +54,11 @@ if workflow.is_main_process:
 GPU_PER_JOB = 1 if PLAN.backend == "cuda" else 0
 if GPU_PER_JOB and VISIBLE_GPUS and "gpu" not in workflow.global_resources:
     workflow.global_resources["gpu"] = len(VISIBLE_GPUS)
-# Compile threads per tune job: by default the cores shared out among the GPUs' concurrent jobs.
+# Compile threads per tune job: by default the cores shared out among the GPUs' concurrent jobs. A cluster run
+# has no --cores (profiles/slurm's set-threads decides there), hence the settings' value, not workflow.cores.
 TUNE_THREADS = CFG["tune_threads"]
 if TUNE_THREADS == "auto":
-    TUNE_THREADS = max(1, (workflow.cores or 1) // max(1, len(VISIBLE_GPUS))) if GPU_PER_JOB else 1
+    TUNE_THREADS = max(1, (workflow.resource_settings.cores or 1) // max(1, len(VISIBLE_GPUS))) if GPU_PER_JOB else 1
 
 ROUTING_FILE = plan.routing_file(PLAN.settings.routing)
 

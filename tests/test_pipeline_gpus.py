@@ -40,6 +40,23 @@ def test_visible_gpus_respect_cuda_visible_devices(fake_cuda, monkeypatch):
     assert gpus.visible_gpus() == []
 
 
+def test_a_run_has_gpus_it_sees_or_is_promised(monkeypatch):
+    monkeypatch.setenv(gpus.ENV_RUN_HAS_GPUS, "1")  # an inherited answer: the main process asks afresh
+    assert gpus.run_has_gpus([], None, main_process=True) is False  # a laptop: the CPU demo
+    assert gpus.run_has_gpus(["0"], None, main_process=True) is True
+    assert gpus.run_has_gpus([], 64, main_process=True) is True  # a login node under profiles/slurm
+    assert gpus.run_has_gpus([], 0, main_process=True) is False  # a CPU-only cluster (tests/slurm/profile)
+
+
+def test_cluster_jobs_keep_the_answer_of_the_process_that_submitted_them(monkeypatch):
+    monkeypatch.setenv(gpus.ENV_RUN_HAS_GPUS, "")
+    gpus.run_has_gpus([], 64, main_process=True)  # the login node answers; its jobs inherit the environment
+    # A GPU job on a node whose GPU is missing stays a GPU job (and fails there) rather than become the CPU demo.
+    assert gpus.run_has_gpus([], None, main_process=False) is True
+    gpus.run_has_gpus([], 0, main_process=True)
+    assert gpus.run_has_gpus(["0"], None, main_process=False) is False
+
+
 def test_never_two_holders_on_one_gpu(tmp_path):
     first, fd1 = gpus.acquire(tmp_path, ["0", "1"])
     second, fd2 = gpus.acquire(tmp_path, ["0", "1"])

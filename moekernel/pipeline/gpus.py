@@ -14,6 +14,9 @@ The workflow's GPU jobs call :func:`pin_process` first thing (``moekernel.pipeli
 command of your own::
 
     python -m moekernel.pipeline.gpus --pool /tmp/moekernel-gpu-locks -- python -m moekernel.tune ...
+
+Which GPUs there are is this module's too: :func:`visible_gpus` here, and :func:`run_has_gpus` for the whole run
+(a cluster's GPUs, which a login node does not see).
 """
 
 from __future__ import annotations
@@ -83,6 +86,26 @@ def visible_gpus() -> list[str]:
             break
         ids.append(part)
     return ids[:count]
+
+
+#: The main Snakemake process's answer to "does this run have GPUs?", inherited by its cluster jobs (run_has_gpus).
+ENV_RUN_HAS_GPUS = "MOEKERNEL_RUN_HAS_GPUS"
+
+
+def run_has_gpus(visible: list[str], promised: int | None, *, main_process: bool) -> bool:
+    """Whether this run has GPUs: what ``backend: auto`` asks (cuda if so, else the CPU demo).
+
+    The main process answers: GPUs visible here, or ``promised`` ones (``--resources gpu=N``; profiles/slurm promises
+    the cluster's, which a login node does not see). A cluster job parses the workflow again on its node, with the main
+    process's environment (sbatch --export=ALL), and takes that answer: both then plan the same jobs, and a GPU job on a
+    node whose GPU is missing fails there instead of quietly becoming a CPU demo.
+    """
+    inherited = os.environ.get(ENV_RUN_HAS_GPUS)
+    if not main_process and inherited is not None:
+        return inherited == "1"
+    answer = bool(visible) or bool(promised)
+    os.environ[ENV_RUN_HAS_GPUS] = "1" if answer else "0"
+    return answer
 
 
 #: Where the lock pool lives unless MOEKERNEL_GPU_POOL says otherwise: one folder per machine.
