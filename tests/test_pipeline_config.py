@@ -157,7 +157,7 @@ def test_gpu_models_are_part_of_the_plan():
                  "gpu_constraints": {"NVIDIA_H200": "h200"}})
     assert both.gpus == ["NVIDIA_H100_80GB_HBM3", "NVIDIA_H200"]
     assert {g for g, _ in both.jobs()} == set(both.gpus) and len(both.tuned_records()) == 2  # one key, two models
-    assert both.constraint("NVIDIA_H200") == "h200" and both.constraint("NVIDIA_H100_80GB_HBM3") == ""
+    assert both.constraint("NVIDIA_H200") == "h200" and both.constraint("NVIDIA_H100_80GB_HBM3") is None
     # auto: the models this host sees (one record per model, not per GPU); none is an error that says what to do
     here = make_plan({"models": ["mixtral-8x7b"], "tp_sizes": [2]}, cuda_available=True,
                      gpu_models=["NVIDIA_H200", "NVIDIA_H200"], kernel_hash="x")

@@ -25,11 +25,14 @@ OVERLAY_SETTINGS = yaml.safe_load((OVERLAY / "config.yaml").read_text())
 TINY_SPACE = {"BLOCK_SIZE_M": [16], "BLOCK_SIZE_N": [32, 64], "BLOCK_SIZE_K": [64], "GROUP_SIZE_M": [1],
               "num_warps": [4], "num_stages": [2]}
 DEMO_KEY = "E4-N64-K64-top2-fp16"
+GPU = "cpu-interpreter"  # the demo's "GPU model"; the node's feature stands in for it (cluster.FEATURE)
 BATCH_SIZES = [1, 4]
 
 
 def demo_config(batch_sizes=BATCH_SIZES) -> dict:
-    return {"models": ["mixtral-8x7b"], "demo": {"batch_sizes": batch_sizes, "space": TINY_SPACE, "iters": 1}}
+    return {"models": ["mixtral-8x7b"], "gpu_constraints": {GPU: cluster.FEATURE},
+            "timing": {"draws": 1}, "verify": {"draws": 1},
+            "demo": {"batch_sizes": batch_sizes, "space": TINY_SPACE, "iters": 1}}
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm-cluster")]
@@ -74,18 +77,20 @@ def demo_run(slurm, tmp_path_factory):
 
 def test_tune_and_verify_jobs_ran_through_slurm_as_the_profile_sized_them(demo_run, slurm):
     jobs = {job.comment: job for job in slurm.jobs(demo_run)}
-    tune = {f"rule_tune_wildcards_{DEMO_KEY}_{m}" for m in BATCH_SIZES}
-    assert set(jobs) == tune | {f"rule_verify_wildcards_{DEMO_KEY}"}, jobs  # select, database, report stay local
+    tune, verify = f"rule_tune_wildcards_{GPU}_{DEMO_KEY}", f"rule_verify_wildcards_{GPU}_{DEMO_KEY}"
+    assert set(jobs) == {tune, verify}, jobs  # one warm tune job per key; select, database, report stay local
     assert {job.state for job in jobs.values()} == {"COMPLETED"}
     assert {job.account for job in jobs.values()} == {OVERLAY_SETTINGS["default-resources"]["slurm_account"]}
     # The profile's threads reach SLURM whole, though they are more than this host's cores (on a 2-core CI host).
-    assert {jobs[name].cpus for name in tune} == {OVERLAY_SETTINGS["set-threads"]["tune"]}
+    assert jobs[tune].cpus == OVERLAY_SETTINGS["set-threads"]["tune"]
+    # Each GPU job asked for the node feature of its GPU model (config gpu_constraints).
+    assert {job.features for job in jobs.values()} == {cluster.FEATURE}
 
 
 def test_the_run_wrote_the_database_and_the_config_files(demo_run):
     configs = sorted(p.name for p in (demo_run / "results" / "configs").glob("*.json"))
     assert configs == ["E=4,N=64,device_name=cpu-interpreter.json"]
-    assert (demo_run / "results" / "verify" / f"{DEMO_KEY}.parquet").exists()
+    assert (demo_run / "results" / "verify" / GPU / f"{DEMO_KEY}.parquet").exists()
     con = duckdb.connect(str(demo_run / "results" / "tuning.duckdb"), read_only=True)
     rows = con.execute("SELECT batch_size, count(*), min(backend) FROM timings GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [(m, 2, "interpret") for m in BATCH_SIZES]  # the demo space's two configs, in the interpreter
@@ -118,21 +123,21 @@ def test_threads_cut_by_cores_stop_the_run_before_it_submits(slurm, tmp_path):
 
 
 def test_without_accounting_the_run_stops_unless_told_to_ask_squeue(slurm, tmp_path):
-    shard = f"results/timings/{DEMO_KEY}/bs1.parquet"  # one job is enough to see squeue notice its end
+    record = f"results/timings/{GPU}/{DEMO_KEY}/tuned.json"  # one job is enough to see squeue notice its end
     with slurm.accounting_stopped():
-        stopped = run_through_slurm(tmp_path, demo_config(), shard)
+        stopped = run_through_slurm(tmp_path, demo_config(), record)
         assert stopped.returncode != 0
         assert "sacct is refused here" in stopped.stdout and "slurm-status-command: squeue" in stopped.stdout, \
             why(stopped, slurm)
         # squeue, but first asked so late that MinJobAge would have dropped the job: the executor would fall back.
         first_check = cluster.MIN_JOB_AGE_S // 2
-        late = run_through_slurm(tmp_path, demo_config(), shard, "--slurm-status-command", "squeue",
+        late = run_through_slurm(tmp_path, demo_config(), record, "--slurm-status-command", "squeue",
                                  "--slurm-init-seconds-before-status-checks", str(first_check))
         assert late.returncode != 0
         assert f"MinJobAge is {cluster.MIN_JOB_AGE_S} s; below {3 * first_check} s" in late.stdout, why(late, slurm)
         assert slurm.jobs(tmp_path) == []
 
-        result = run_through_slurm(tmp_path, demo_config(), shard, "--slurm-status-command", "squeue")
+        result = run_through_slurm(tmp_path, demo_config(), record, "--slurm-status-command", "squeue")
         assert result.returncode == 0, why(result, slurm)
-    assert (tmp_path / shard).exists()
+    assert (tmp_path / record).exists()
     assert [job.state for job in slurm.jobs(tmp_path)] == ["COMPLETED"]

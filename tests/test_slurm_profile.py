@@ -13,7 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "profiles" / "slurm"
 CPU_OVERLAY = REPO / "tests" / "slurm" / "profile"
-MIXTRAL_TP2 = {"models": ["mixtral-8x7b"], "tp_sizes": [2], "batch_sizes": [64]}
+MIXTRAL_TP2 = {"models": ["mixtral-8x7b"], "tp_sizes": [2], "batch_sizes": [64], "gpus": ["NVIDIA_H200"]}  # login node: name the model
 
 
 def dry_run(tmp_path: Path, config: dict, *profiles: Path) -> dict[str, list[str]]:

@@ -192,9 +192,9 @@ class Plan:
     def shards(self) -> list[str]:
         return [self.shard(g, k, m) for g, k in self.jobs() for m in self.batch_sizes]
 
-    def constraint(self, gpu: str) -> str:
-        """The SLURM constraint (node feature) that selects GPU model ``gpu``, or "" where none is configured."""
-        return self.config["gpu_constraints"].get(gpu, "")
+    def constraint(self, gpu: str) -> str | None:
+        """The SLURM constraint (node feature) that selects GPU model ``gpu``, or None where none is configured."""
+        return self.config["gpu_constraints"].get(gpu)
 
     def meta(self) -> dict:
         """The run's settings, for the database's ``meta`` table."""

@@ -32,6 +32,7 @@ CLUSTER_NAME = "moekernel-test"
 NODE_CPUS = 8
 NODE_MEMORY_MB = 8000
 MIN_JOB_AGE_S = 3600  # finished jobs stay in squeue --states=all this long
+FEATURE = "interpreter"  # the node's feature, standing in for a GPU model (config gpu_constraints selects it)
 SLURM_PORTS = {"slurmctld": 6817, "slurmd": 6818, "slurmdbd": 6819}  # SLURM's defaults
 CONF_DIR = Path("/etc/slurm")
 MARKER = "# Written by moekernel's tests/slurm/cluster.py; removed when its cluster stops."
@@ -63,10 +64,11 @@ def unavailable() -> str | None:
 class Job:
     id: str
     state: str
-    comment: str  # the executor's, naming the rule and wildcards: rule_tune_wildcards_<key>_<bs>
+    comment: str  # the executor's, naming the rule and wildcards: rule_tune_wildcards_<gpu>_<key>
     cpus: int
     account: str
     workdir: str
+    features: str  # the constraint the job asked for ("(null)": none)
 
 
 @dataclass
@@ -76,8 +78,8 @@ class Cluster:
 
     def jobs(self, workdir: Path) -> list[Job]:
         """Every job submitted from ``workdir``, finished ones too (MinJobAge)."""
-        out = _run(["squeue", "--states=all", "--noheader", "--format=%i|%T|%k|%C|%a|%Z"]).stdout
-        rows = [Job(i, s, k, int(c), a, z) for i, s, k, c, a, z in (line.split("|") for line in out.splitlines())]
+        out = _run(["squeue", "--states=all", "--noheader", "--format=%i|%T|%k|%C|%a|%Z|%f"]).stdout
+        rows = [Job(i, s, k, int(c), a, z, f) for i, s, k, c, a, z, f in (line.split("|") for line in out.splitlines())]
         return [j for j in rows if Path(j.workdir).resolve() == Path(workdir).resolve()]
 
     @contextmanager
@@ -218,7 +220,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStorageEnforce=associations
 SlurmdParameters=config_overrides
-NodeName=localhost CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} State=UNKNOWN
+NodeName=localhost CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} Features={FEATURE} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
     dbd_conf.write_text(f"""{MARKER}
