@@ -100,3 +100,21 @@ def test_launcher_refuses_to_run_without_a_gpu(tmp_path):
     proc = launch(tmp_path, "", [sys.executable, "-c", "print('ran')"])
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "ran" not in out and "no CUDA device visible" in err
+
+
+def test_a_job_waiting_for_a_gpu_another_run_holds_says_so(tmp_path, monkeypatch, caplog):
+    """Two pipelines on one host competing for the same GPUs: the waiting job names the holder, then goes on."""
+    import logging
+    import threading
+
+    monkeypatch.setattr(gpus, "BUSY_NOTICE_S", 0.2)
+    monkeypatch.setenv(gpus.ENV_GPUS, "0=NVIDIA_H200,1=NVIDIA_H100_80GB_HBM3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # restored afterwards: pinning narrows it
+    held, fd = gpus.acquire(tmp_path, ["0"])  # another run's job holds the H200
+    threading.Timer(1.0, os.close, [fd]).start()  # ...and finishes a second later
+    log = logging.getLogger("test-busy")
+    with caplog.at_level(logging.WARNING, logger="test-busy"):
+        gpu = gpus.pin_process(tmp_path, model="NVIDIA_H200", log=log)
+    assert gpu == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"  # never the H100, though it was free
+    assert "held by other jobs" in caplog.text and f"GPU 0: pid {os.getpid()}" in caplog.text
+    os.close(gpus._held.pop())

@@ -89,6 +89,9 @@ def test_demo_run_end_to_end(demo_run):
     workdir, _, log = demo_run
     assert "NO CUDA DEVICE: DEMO RUN IN THE TRITON INTERPRETER" in log
     assert "E8-N14336-K4096-top2-bf16" in log  # the banner says what a GPU would tune
+    # The run ends by saying where the files are, how they compare, and what to do next; no warning repeats.
+    assert "1 engine config file(s) in results/configs/" in log and "Next: VLLM_TUNED_CONFIG_FOLDER=" in log
+    assert "deprecated" not in log.lower()
 
     files = sorted(p.name for p in (workdir / "results" / "configs").glob("*.json"))
     assert files == ["E=4,N=64,device_name=cpu-interpreter.json"]  # a CPU device name: never a GPU config
