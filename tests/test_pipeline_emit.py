@@ -85,3 +85,21 @@ def test_split_and_whole_winners_of_one_key_do_not_mix(tmp_path, write_shard):
               write_shard(tmp_path / "b.parquet", KEY, 2, [(cfg(16), 1.0)], gemm="up")]
     with pytest.raises(emit.EmitError, match="mix split"):
         emit.emit_from_shards(shards, tmp_path / "configs")
+
+
+def test_a_default_kept_at_one_size_of_a_split_key_goes_to_both_files(tmp_path, write_shard):
+    import pandas as pd
+
+    from moekernel.pipeline.database import COMPARISONS_SCHEMA
+
+    up = write_shard(tmp_path / "up.parquet", KEY, 4, [(cfg(16, 128), 2.0)], gemm="up")
+    rows = [{"key": KEY, "batch_size": 4, "source": "tuned", "emitted": True, "device": "NVIDIA_H200",
+             "config": json.dumps({"up": cfg(16, 128), "down": cfg(16, 32)})},
+            {"key": KEY, "batch_size": 64, "source": "default", "emitted": True, "device": "NVIDIA_H200",
+             "config": json.dumps(cfg(64))}]
+    verified = tmp_path / "verify.parquet"
+    pd.DataFrame(rows).reindex(columns=list(COMPARISONS_SCHEMA)).to_parquet(verified)
+    done = emit.emit_from_verify([up], [verified], tmp_path / "configs")
+    assert done["written"] == ["E=8,N=7168,device_name=NVIDIA_H200.json", "E=8,N=7168,device_name=NVIDIA_H200_down.json"]
+    loaded = configs.load_configs(8, 7168, None, None, "NVIDIA_H200", folders=[tmp_path / "configs"])
+    assert loaded[4] == {"up": cfg(16, 128), "down": cfg(16, 32)} and loaded[64] == {"up": cfg(64), "down": cfg(64)}

@@ -141,14 +141,19 @@ def emit_from_verify(shards: list, verify_files: list, out_dir) -> dict[str, lis
     the default), as engine files; the shards give the Triton version. Returns :func:`publish`'s account."""
     con = database.open_shards(shards)
     versions = con.execute("SELECT DISTINCT key, triton_version FROM winners").df()
+    picked = [row for frame in map(pd.read_parquet, verify_files)
+              for row in frame[frame["emitted"].fillna(False).astype(bool)].itertuples(index=False)]
+    # A key tuned split (up and down apart) gets split files throughout: a default kept at some size drives both.
+    split_keys = {row.key for row in picked if "up" in json.loads(row.config)}
     chosen = []
-    for frame in map(pd.read_parquet, verify_files):
-        for row in frame[frame["emitted"].fillna(False).astype(bool)].itertuples(index=False):
-            config = json.loads(row.config)
-            parts = config.items() if "up" in config else [("both", config)]
-            for gemm, part in parts:
-                chosen.append({"key": row.key, "device": row.device, "gemm": gemm, "batch_size": row.batch_size,
-                               "source": row.source, **part})
+    for row in picked:
+        config = json.loads(row.config)
+        if "up" not in config and row.key in split_keys:
+            config = {"up": config, "down": config}
+        parts = config.items() if "up" in config else [("both", config)]
+        for gemm, part in parts:
+            chosen.append({"key": row.key, "device": row.device, "gemm": gemm, "batch_size": row.batch_size,
+                           "source": row.source, **part})
     winners = pd.DataFrame(chosen, columns=["key", "device", "gemm", "batch_size", "source", *PARAMS])
     winners = winners.merge(versions, on="key", how="left")
     for row in winners[winners["source"] == "default"].itertuples(index=False):
