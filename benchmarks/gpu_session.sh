@@ -61,7 +61,9 @@ for stage in "$@"; do
     # with tune-all's. Then the same folder with a second model added: only that key is tuned (and seeded from the
     # first), verified on held-out routing.
     pipeline-mixtral|pipeline-qwen) models=mixtral-8x7b; [ $stage = pipeline-qwen ] && models="mixtral-8x7b, qwen3-30b-a3b"
-          printf 'models: [%s]\ntp_sizes: [2]\ndtypes: [bf16]\nbaseline_configs: %s\n' "$models" "$PWD/benchmarks/vllm-h200-configs" > "$WORK/$stage.yaml"
+          # BASELINE= (empty): no baseline folder, so verify times tuned against default only.
+          baseline=${BASELINE-$PWD/benchmarks/vllm-h200-configs}
+          printf 'models: [%s]\ntp_sizes: [2]\ndtypes: [bf16]\nbaseline_configs: %s\n' "$models" "${baseline:-null}" > "$WORK/$stage.yaml"
           cold run $stage snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run" --configfile "$WORK/$stage.yaml" --cores 16
           run $stage-rerun snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run" --configfile "$WORK/$stage.yaml" --cores 16 -n ;;
     # A second key (Mixtral tp=4) at BATCHES, seeded from the first key's shards and not, each from an empty cache;
