@@ -20,7 +20,6 @@ rule verify:
         baseline=CFG["baseline_configs"],
         kernel_hash=PLAN.kernel_hash,
         software=PLAN.software,
-    threads: TUNE_THREADS  # parallel compiles of the configs the tuner never timed
     resources:
         gpu=GPU_PER_JOB,
         constraint=lambda w: PLAN.constraint(w.gpu),

@@ -17,7 +17,7 @@ jobs.pin_gpu(p.backend, gpu, log)
 jobs.check_software(p.software, log)
 shards = {int(m): path for m, path in jobs.read_record(snakemake.input.tuned)["shards"].items()}
 rows = verify.verify_key(gpu, key, shards, routing=p.routing, seed=p.seed, iters=p.iters, draws=p.draws,
-                         max_loss=p.max_loss, baseline_dir=p.baseline, backend=p.backend, jobs=snakemake.threads)
+                         max_loss=p.max_loss, baseline_dir=p.baseline, backend=p.backend)
 rows.to_parquet(snakemake.output[0], index=False)
 log.info("%d rows, %d not ok, %d size(s) keep the default", len(rows), int((rows["ok"] == False).sum()),  # noqa: E712
          int(((rows["source"] == "default") & rows["emitted"].fillna(False)).sum()))

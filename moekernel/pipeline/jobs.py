@@ -4,12 +4,13 @@ Both jobs first take one GPU of this machine for their whole life (:func:`moeker
 one pinning mechanism), of the GPU model they were planned for, before anything initialises CUDA; a job that finds
 itself on another model, or with other software than the plan's, refuses before it measures anything.
 
-A tune job tunes every batch size of one (GPU model, key) in one process (the tune command's ``main``, in the job's
-own process): the compile workers start once and later sizes hit the kernel cache. Each size's shard is written as
-soon as it is done, and a shard of the same job is never tuned again, so a killed job loses at most the size in
-flight. After a CUDA error the tuner saves its checkpoint and returns 75, and only a fresh process can go on past
-the config that broke the context, so the job goes on in ``python -m moekernel.tune`` child processes, up to
-:data:`TUNE_ATTEMPTS` attempts in all. When the tuner is done, the job
+A tune job tunes every batch size of one (GPU model, key) in one ``python -m moekernel.tune`` process: the compile
+workers start once and later sizes hit the kernel cache. (A child process, not the job's own: the compile workers
+are spawned, and a spawned worker imports its parent's main module, which in a Snakemake job is the rule's script;
+measured on the H200, tuning inside the script killed every worker.) Each size's shard is written as soon as it is done, and a
+shard of the same job is never tuned again, so a killed job loses at most the size in flight. After a CUDA error the
+tuner saves its checkpoint and exits 75, and only a fresh process can go on past the config that broke the
+context, so the job starts the tuner again, up to :data:`TUNE_ATTEMPTS` times. When the tuner is done, the job
 writes its record (``tuned.json``): the shards it answered for, and the superseded shards beside them.
 """
 
@@ -78,20 +79,16 @@ def tune(gpu: str, key: str, batch_sizes: list[int], record: str, *, settings: d
     check_software(software, log)
     folder = Path(record).parent
     out = folder / "bs{batch_size}.parquet"
-    args = ["--key", key, "--batch-size", ",".join(map(str, batch_sizes)), "--out", str(out), "--jobs", str(threads),
-            "--quiet", *settings.cli_args()]
+    command = [sys.executable, "-m", "moekernel.tune", "--key", key, "--batch-size", ",".join(map(str, batch_sizes)),
+               "--out", str(out), "--jobs", str(threads), "--quiet", *settings.cli_args()]
     if seed_keys:
-        args += ["--seed-keys", str(folder.parent)]
-    from moekernel.tune import main
-
-    rc = main(args)  # here first: no second interpreter to start and import torch and triton
+        command += ["--seed-keys", str(folder.parent)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    for attempt in range(2, TUNE_ATTEMPTS + 1):
+    for attempt in range(1, TUNE_ATTEMPTS + 1):
+        rc = subprocess.run(command, env=env).returncode  # its output goes to this job's log (our stderr)
         if rc != EXIT_RESUME:
             break
-        log.warning("attempt %d: a CUDA error broke the tuner's context; resuming from its checkpoint in a fresh "
-                    "process", attempt)
-        rc = subprocess.run([sys.executable, "-m", "moekernel.tune", *args], env=env).returncode
+        log.warning("attempt %d: a CUDA error broke the tuner's context; resuming from its checkpoint", attempt)
     if rc:
         raise SystemExit(f"moekernel.tune exited {rc} for {key} (see the lines above)")
     shards = {m: str(out).replace("{batch_size}", str(m)) for m in batch_sizes}

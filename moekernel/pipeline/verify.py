@@ -59,23 +59,12 @@ def load_file_configs(shape: KernelShape, folder, device_name: str) -> dict[int,
                                 folders=[Path(folder)], fallback=False)
 
 
-def precompile(shape: KernelShape, configs: list[dict], jobs: int) -> None:
-    """Compile every distinct config into Triton's cache on ``jobs`` CPU workers first: the default's and the
-    baseline's configs were mostly never timed by the tuner, and compiling them one at a time at their first launch
-    costs verify more than its timing does. A config that does not compile fails at its launch, as a row."""
-    from moekernel.tuning.compile import compile_configs
-
-    unique = list({json.dumps(c, sort_keys=True): c for c in configs}.values())
-    compile_configs(shape, 1, [(c, "both") for c in unique], jobs=jobs, device="cuda")
-
-
 def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "uniform", seed: int = 0,
                iters: int = 20, draws: int = 3, max_loss: float = 0.02, baseline_dir=None,
-               backend: str = "cuda", jobs: int = 1) -> pd.DataFrame:
+               backend: str = "cuda") -> pd.DataFrame:
     """One row per (batch size, source) for ``key`` on GPU model ``gpu``; see the module docstring.
 
-    ``shards``: {batch size: shard path} of the key's tune job; the baseline folder is looked up under ``gpu``.
-    ``jobs``: CPU workers compiling the configs before anything is timed."""
+    ``shards``: {batch size: shard path} of the key's tune job; the baseline folder is looked up under ``gpu``."""
     from moekernel import configs, roofline
     from moekernel.backend import torch_device
     from moekernel.kernel import testing
@@ -101,8 +90,6 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
             found["baseline"] = (baseline[m], m)
         return found
 
-    if backend == "cuda" and jobs > 1:
-        precompile(shape, [c for M in shards for c, _ in sources(M).values()], jobs)
     rows = []
     for M in sorted(shards):
         inputs = testing.make_inputs(shape, M, routing=routing, seed=seed, device=torch_device(backend))
