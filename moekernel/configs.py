@@ -55,7 +55,8 @@ def device_name() -> str:
 
 
 def interpreter_device_name() -> str:
-    """The device name of timings made in the Triton interpreter (``cpu-interpreter``, or $MOEKERNEL_INTERPRETER_DEVICE)."""
+    """The device name of timings made in the Triton interpreter: ``cpu-interpreter``, or
+    $MOEKERNEL_INTERPRETER_DEVICE."""
     return os.environ.get(ENV_INTERPRETER_DEVICE) or CPU_DEVICE
 
 

@@ -7,10 +7,10 @@ itself on another model, or with other software than the plan's, refuses before 
 A tune job tunes every batch size of one (GPU model, key) in one ``python -m moekernel.tune`` process: the compile
 workers start once and later sizes hit the kernel cache. (A child process, not the job's own: the compile workers
 are spawned, and a spawned worker imports its parent's main module, which in a Snakemake job is the rule's script;
-measured on the H200, tuning inside the script killed every worker.) Each size's shard is written as soon as it is done, and a
-shard of the same job is never tuned again, so a killed job loses at most the size in flight. After a CUDA error the
-tuner saves its checkpoint and exits 75, and only a fresh process can go on past the config that broke the
-context, so the job starts the tuner again, up to :data:`TUNE_ATTEMPTS` times. When the tuner is done, the job
+seen on the H200, tuning inside the script killed every worker.) Each size's shard is written as soon as it is
+done, and a shard of the same job is never tuned again, so a killed job loses at most the size in flight. After a
+CUDA error the tuner saves its checkpoint and exits 75, and only a fresh process can go on past the config that
+broke the context, so the job starts the tuner again, up to :data:`TUNE_ATTEMPTS` times. When the tuner is done, the job
 writes its record (``tuned.json``): the shards it answered for, and the superseded shards beside them.
 """
 

@@ -10,10 +10,10 @@ No measurement is ever deleted.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from moekernel.pipeline.jobs import read_record
 from moekernel.tuning import shard as shard_io
 
 
@@ -28,7 +28,7 @@ def check_tune_records(records: list[str]) -> list[str]:
         if not record.is_file():
             continue
         try:
-            shards = json.loads(record.read_text())["shards"].values()
+            shards = read_record(record)["shards"].values()
         except (OSError, ValueError, KeyError, AttributeError):
             shards, problems = [], [f"{record} cannot be read"]
         else:

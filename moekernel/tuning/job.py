@@ -123,8 +123,9 @@ class TuneJob:
         """The best :data:`ROBUST_TOP` finalists of each group: those timed on every routing draw."""
         group_of = {c: g for g, members in groups.items() for c in members}
         ranked: dict = {}
-        timed = [c for c in finalists if self.meas.rows[c]["status"] == "ok" and self.meas.rows[c]["time_us"] is not None]
-        for cand in sorted(timed, key=lambda c: self.meas.rows[c]["time_us"]):
+        rows = self.meas.rows
+        timed = [c for c in finalists if rows[c]["status"] == "ok" and rows[c]["time_us"] is not None]
+        for cand in sorted(timed, key=lambda c: rows[c]["time_us"]):
             ranked.setdefault(group_of.get(cand), []).append(cand)
         return [c for members in ranked.values() for c in members[:ROBUST_TOP]]
 

@@ -128,8 +128,8 @@ class Measurements:
         todo = [c for c in cands if self.rows[c]["status"] == "ok" and len(self.rows[c]["draw_us"] or ()) < draws]
         from tqdm import tqdm
 
-        for cand in tqdm(todo, desc=f"{draws} draws", unit="cfg", file=sys.stderr, disable=not self.progress or not todo,
-                         leave=False):
+        quiet = not self.progress or not todo
+        for cand in tqdm(todo, desc=f"{draws} draws", unit="cfg", file=sys.stderr, disable=quiet, leave=False):
             row = self.rows[cand]
             times = [row["time_us"]]
             for draw in range(1, draws):

@@ -109,11 +109,16 @@ def check_writable(path: str | os.PathLike) -> None:
                          "choose an output path in a folder you can write") from None
 
 
+def _is_shard_schema(names: list[str]) -> bool:
+    """The shard's columns in order, of this schema or one written before :data:`ADDED_COLUMNS` existed."""
+    return [c for c in COLUMNS if c in names] == names and not set(COLUMNS) - set(names) - set(ADDED_COLUMNS)
+
+
 def read_shard(path: str | os.PathLike) -> pa.Table:
     """A shard, as :data:`SCHEMA` (an older shard's missing :data:`ADDED_COLUMNS` are nulls)."""
     table = pq.read_table(path)
     names = table.schema.names
-    if [c for c in COLUMNS if c in names] != names or set(COLUMNS) - set(names) - set(ADDED_COLUMNS):
+    if not _is_shard_schema(names):
         raise ValueError(f"{path}: columns {names} are not the shard schema")
     for column in COLUMNS:
         if column not in names:
@@ -150,9 +155,13 @@ def identity(row: Mapping) -> dict:
 
 
 def shard_identity(path: str | os.PathLike) -> dict | None:
-    """The identity of the shard at ``path``, or None if it cannot be read as a shard."""
+    """The identity of the shard at ``path``, or None if it cannot be read as a shard. Reads the schema and the
+    identity columns only: every run checks every shard this way (moekernel.pipeline.recover)."""
     try:
-        table = read_shard(path)
+        names = pq.read_schema(path).names
+        if not _is_shard_schema(names):
+            return None
+        table = pq.read_table(path, columns=[c for c in IDENTITY_COLUMNS if c in names])
     except (OSError, ValueError, pa.ArrowException):
         return None
     if table.num_rows == 0:

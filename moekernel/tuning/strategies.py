@@ -1,8 +1,8 @@
 """Which candidates to time, and how often.
 
-A strategy sees candidates as ``(config_id, gemm)`` tuples (:class:`moekernel.tuning.space.Candidate`) arranged in groups that are ranked separately (one group
-for ``gemm=both``; one per gemm and BLOCK_SIZE_M in split mode, because the split winner is chosen per
-BLOCK_SIZE_M). It calls ``measure(candidates, iters)``, which compiles what it must, times, and returns each
+A strategy sees candidates as ``(config_id, gemm)`` tuples (:class:`moekernel.tuning.space.Candidate`) arranged in
+groups that are ranked separately (one group for ``gemm=both``; one per gemm and BLOCK_SIZE_M in split mode,
+because the split winner is chosen per BLOCK_SIZE_M). It calls ``measure(candidates, iters)``, which compiles what it must, times, and returns each
 candidate's median in µs (None for a failure), and returns the finalists: the candidates timed in its last round,
 the only ones whose times are comparable with each other and so the only ones that may win.
 
