@@ -2,7 +2,7 @@
 
 import pytest
 
-from moekernel.kernel.timing import INTERPRET_MAX_ITERS, Timing, time_callable
+from moekernel.kernel.timing import INTERPRET_MAX_ITERS, REPLAY_US, Timing, calls_for, time_callable
 
 
 def test_timing_from_samples_median_and_spread():
@@ -32,6 +32,15 @@ def test_errors_propagate_and_arguments_are_checked():
         time_callable(lambda: None, backend="rocm")
 
 
+def test_long_calls_are_captured_fewer_times_per_graph():
+    # Short calls fill the graph (launch overhead hidden); a prefill-sized call needs no company to hide it.
+    assert calls_for(5.0, 10) == 10
+    assert calls_for(REPLAY_US / 3 + 1, 10) == 3
+    assert calls_for(REPLAY_US * 3, 10) == 1
+    assert calls_for(0.0, 10) == 10
+    assert calls_for(5.0, 4) == 4
+
+
 @pytest.mark.cuda
 def test_cuda_graph_timing_scales_with_work():
     torch = pytest.importorskip("torch")
@@ -44,3 +53,10 @@ def test_cuda_graph_timing_scales_with_work():
     assert small.iters == large.iters == 20
     assert 0 < small.median_us < large.median_us
     assert small.p20_us <= small.median_us <= small.p80_us
+    # Each replay is long enough to hide its launch overhead, and no longer than it needs to be.
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)  # about 2 ms a call: one per replay
+    huge = time_callable(lambda: torch.matmul(b, b), iters=5, backend="cuda")
+    assert huge.calls_per_replay == 1 and small.calls_per_replay == 10
+    for t in (small, large, huge):
+        assert t.median_us * t.calls_per_replay >= REPLAY_US * 0.5 or t.calls_per_replay == 10
+        assert t.calls_per_replay == 1 or t.median_us * (t.calls_per_replay - 1) < REPLAY_US * 1.5

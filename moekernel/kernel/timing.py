@@ -1,10 +1,12 @@
 """Timing one zero-argument callable: the one method the tuner, the benchmarks and the pipeline's verify share.
 
-On CUDA, ``calls_per_graph`` calls are captured in one CUDA graph, so launch overhead (large next to a
+On CUDA, up to ``calls_per_graph`` calls are captured in one CUDA graph, so launch overhead (large next to a
 few-microsecond kernel at small batch sizes) is not timed; the graph is replayed ``iters`` times, each replay
-between its own pair of events, and a replay's time divided by ``calls_per_graph`` is one sample. The median is
-the figure, p20/p80 the spread. The kernels see the same inputs every call (inputs stay in L2 when they fit, as
-in the engines' tuners).
+between its own pair of events, and a replay's time divided by its calls is one sample. A call long enough to hide
+that overhead on its own (a replay of :data:`REPLAY_US` or more) is captured fewer times: at prefill sizes, ten
+calls per replay would only multiply the seconds spent timing (most of the tuner's and verify's GPU time there).
+The median is the figure, p20/p80 the spread. The kernels see the same inputs every call (inputs stay in L2 when
+they fit, as in the engines' tuners).
 
 With the Triton interpreter the kernel runs through NumPy on the CPU: the figures only keep the code path alive
 and mean nothing; the tuner labels such rows ``backend=interpret``.
@@ -12,6 +14,7 @@ and mean nothing; the tuner labels such rows ``backend=interpret``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +23,10 @@ import numpy as np
 
 #: The interpreter is slow and its timings meaningless: never time it more than this.
 INTERPRET_MAX_ITERS = 2
+
+#: A replay at least this long (µs) hides its launch overhead (a few µs: well under 1%), so calls are captured per
+#: graph only until a replay lasts this long, at most ``calls_per_graph``.
+REPLAY_US = 1000.0
 
 
 @dataclass(frozen=True)
@@ -31,12 +38,13 @@ class Timing:
     p80_us: float
     iters: int
     first_call_s: float | None = None  # the untimed eager call; seconds there mean the kernel was compiled then
+    calls_per_replay: int = 1  # calls in the CUDA graph one sample was a replay of
 
     @classmethod
-    def from_samples(cls, samples_us, first_call_s: float | None = None) -> "Timing":
+    def from_samples(cls, samples_us, first_call_s: float | None = None, calls_per_replay: int = 1) -> "Timing":
         x = np.asarray(samples_us, dtype=np.float64)
         p20, median, p80 = np.percentile(x, [20, 50, 80])
-        return cls(float(median), float(p20), float(p80), int(x.size), first_call_s)
+        return cls(float(median), float(p20), float(p80), int(x.size), first_call_s, calls_per_replay)
 
 
 def time_callable(
@@ -84,11 +92,12 @@ def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int,
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     first_call_s = time.perf_counter() - start
+    calls = calls_for(_eager_call_us(fn), calls_per_graph)
 
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
-            for _ in range(calls_per_graph):
+            for _ in range(calls):
                 fn()
         for _ in range(warmup):
             graph.replay()
@@ -99,7 +108,7 @@ def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int,
             graph.replay()
             end.record()
         torch.cuda.synchronize()
-        samples = [s.elapsed_time(e) * 1e3 / calls_per_graph for s, e in zip(starts, ends)]
+        samples = [s.elapsed_time(e) * 1e3 / calls for s, e in zip(starts, ends)]
     finally:
         # Free the graph's private memory pool now: a tuning job captures hundreds of graphs. After a failed
         # capture reset may raise as well; the first error is the one to report.
@@ -107,7 +116,24 @@ def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int,
             graph.reset()
         except Exception:  # noqa: BLE001
             pass
-    return Timing.from_samples(samples, first_call_s)
+    return Timing.from_samples(samples, first_call_s, calls)
+
+
+def calls_for(call_us: float, calls_per_graph: int) -> int:
+    """Calls per replay: enough for a replay of :data:`REPLAY_US`, at least 1, at most ``calls_per_graph``."""
+    return max(1, min(calls_per_graph, math.ceil(REPLAY_US / max(call_us, 1e-3))))
+
+
+def _eager_call_us(fn: Callable[[], object]) -> float:
+    """One more eager call between events: an upper bound of a call's time (it includes the launches' gaps)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3
 
 
 def time_with_events(fn: Callable[[], object], iters: int, warmup: int = 3) -> Timing:
