@@ -1,0 +1,71 @@
+"""The verify step: what the engine file holds at each batch size, decided on held-out routing draws.
+
+Timings are faked (the interpreter's are meaningless); the kernels still run, so each output is checked against
+the float32 reference as on the GPU.
+"""
+
+import json
+
+import pytest
+
+from moekernel import configs
+from moekernel.kernel import timing
+from moekernel.pipeline import verify
+
+KEY = "E4-N64-K64-top2-bf16"
+OTHER = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
+
+
+def default(M):
+    return configs.default_config(M, 4, 64, 64, 2, "bf16")
+
+
+def fake_times(monkeypatch, times_us):
+    """time_callable returns, per call, the next of ``times_us`` (µs); returns the list of calls made."""
+    calls = []
+
+    def fake(fn, *, iters, backend, **_):
+        fn()
+        calls.append(fn)
+        return timing.Timing.from_samples([times_us[len(calls) - 1]])
+
+    monkeypatch.setattr(timing, "time_callable", fake)
+    return calls
+
+
+def rows_by_source(frame):
+    return {row.source: row for row in frame.itertuples(index=False)}
+
+
+@pytest.mark.parametrize("tuned_times, holds", [
+    ([90.0, 101.0, 99.0], "tuned"),  # faster on average, at most 1% slower on a draw: within the 2% allowed
+    ([80.0, 80.0, 103.0], "default"),  # much faster on two draws, but 3% slower on the third
+])
+def test_the_file_holds_the_default_where_the_winner_loses_on_a_held_out_draw(tmp_path, write_shard, monkeypatch,
+                                                                               tuned_times, holds):
+    M = 8
+    write_shard(tmp_path / "bs8.parquet", KEY, M, [(OTHER, 1.0)])
+    assert OTHER != default(M)
+    # Sources take turns within a draw: the default (planned first), then the tuned winner.
+    fake_times(monkeypatch, [t for tuned in tuned_times for t in (100.0, tuned)])
+    frame = verify.verify_key("NVIDIA_H200", KEY, {M: str(tmp_path / "bs8.parquet")}, draws=3, backend="interpret")
+    rows = rows_by_source(frame)
+    assert list(rows["tuned"].draw_us) == tuned_times and list(rows["default"].draw_us) == [100.0] * 3
+    assert rows["tuned"].ok and rows["default"].ok  # checked against the reference
+    assert rows["tuned"].vs_default_worst == pytest.approx(min(100.0 / t for t in tuned_times))
+    assert rows[holds].emitted and not rows["default" if holds == "tuned" else "tuned"].emitted
+    if holds == "default":
+        assert "tuned was 1.030x its time on a held-out draw" in rows["default"].note
+
+
+def test_sources_with_the_same_config_are_timed_once(tmp_path, write_shard, monkeypatch):
+    # The winner is the default config: one measurement per draw serves both rows, and the file holds the winner.
+    M = 8
+    write_shard(tmp_path / "bs8.parquet", KEY, M, [(default(M), 1.0)])
+    calls = fake_times(monkeypatch, [100.0, 102.0, 98.0])
+    frame = verify.verify_key("NVIDIA_H200", KEY, {M: str(tmp_path / "bs8.parquet")}, draws=3, backend="interpret")
+    rows = rows_by_source(frame)
+    assert len(calls) == 3
+    assert list(rows["tuned"].draw_us) == list(rows["default"].draw_us) == [100.0, 102.0, 98.0]
+    assert json.loads(rows["tuned"].config) == default(M)
+    assert rows["tuned"].emitted and rows["tuned"].vs_default_worst == 1.0
