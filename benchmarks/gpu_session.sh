@@ -29,7 +29,8 @@ for stage in "$@"; do
          python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" ;;
     # Every module that runs kernels or the tuner, with the real kernels (no TRITON_INTERPRET on a GPU machine).
     tests) run gpu-tests python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py tests/test_routing.py \
-             tests/test_configs.py tests/test_bench.py tests/test_roofline.py tests/test_tuning_*.py ;;
+             tests/test_configs.py tests/test_bench.py tests/test_roofline.py tests/test_tuning_*.py \
+             tests/test_pipeline_verify.py ;;
     # Split-K at small M: our default (extended parameters) against the same default in the engines' six, and
     # vLLM's shipped H200 file on our kernel, one run.
     bench-split) run bench-split python3 -m moekernel.bench --batch-sizes "${BATCHES:-1,2,4,8,16,32,64}" \

@@ -1,18 +1,20 @@
 """The verify step: what the engine file holds at each batch size, decided on held-out routing draws.
 
-Timings are faked (the interpreter's are meaningless); the kernels still run, so each output is checked against
-the float32 reference as on the GPU.
+Timings are faked (so the decisions are known); the kernels still run, on the GPU or in the interpreter, and each
+output is checked against the float32 reference.
 """
 
 import json
 
 import pytest
+import torch
 
 from moekernel import configs
 from moekernel.kernel import timing
 from moekernel.pipeline import verify
 
 KEY = "E4-N64-K64-top2-bf16"
+BACKEND = "cuda" if torch.cuda.is_available() else "interpret"
 OTHER = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
 
 
@@ -48,7 +50,7 @@ def test_the_file_holds_the_default_where_the_winner_loses_on_a_held_out_draw(tm
     assert OTHER != default(M)
     # Sources take turns within a draw: the default (planned first), then the tuned winner.
     fake_times(monkeypatch, [t for tuned in tuned_times for t in (100.0, tuned)])
-    frame = verify.verify_key("NVIDIA_H200", KEY, {M: str(tmp_path / "bs8.parquet")}, draws=3, backend="interpret")
+    frame = verify.verify_key("NVIDIA_H200", KEY, {M: str(tmp_path / "bs8.parquet")}, draws=3, backend=BACKEND)
     rows = rows_by_source(frame)
     assert list(rows["tuned"].draw_us) == tuned_times and list(rows["default"].draw_us) == [100.0] * 3
     assert rows["tuned"].ok and rows["default"].ok  # checked against the reference
@@ -63,7 +65,7 @@ def test_sources_with_the_same_config_are_timed_once(tmp_path, write_shard, monk
     M = 8
     write_shard(tmp_path / "bs8.parquet", KEY, M, [(default(M), 1.0)])
     calls = fake_times(monkeypatch, [100.0, 102.0, 98.0])
-    frame = verify.verify_key("NVIDIA_H200", KEY, {M: str(tmp_path / "bs8.parquet")}, draws=3, backend="interpret")
+    frame = verify.verify_key("NVIDIA_H200", KEY, {M: str(tmp_path / "bs8.parquet")}, draws=3, backend=BACKEND)
     rows = rows_by_source(frame)
     assert len(calls) == 3
     assert list(rows["tuned"].draw_us) == list(rows["default"].draw_us) == [100.0, 102.0, 98.0]
