@@ -92,48 +92,54 @@ def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int,
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     first_call_s = time.perf_counter() - start
-    calls = calls_for(_eager_call_us(fn), calls_per_graph)
 
-    graph = torch.cuda.CUDAGraph()
-    try:
+    def capture(calls: int):
+        graph = torch.cuda.CUDAGraph()
+        graphs.append(graph)
         with torch.cuda.graph(graph):
             for _ in range(calls):
                 fn()
-        for _ in range(warmup):
+        return graph
+
+    graphs = []
+    try:
+        # The first replay, of the full graph, is a warm-up and tells how long a call is (GPU time only, unlike an
+        # eager call's); a call that long needs fewer calls per replay, so the graph is captured again with fewer.
+        graph = capture(calls_per_graph)
+        calls = calls_for(_time_replays(graph, 1)[0] / calls_per_graph, calls_per_graph)
+        settled = 1  # replays the timed graph has had
+        if calls < calls_per_graph:
+            graph, settled = capture(calls), 0
+        for _ in range(max(0, warmup - settled)):
             graph.replay()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-        for start, end in zip(starts, ends):
-            start.record()
-            graph.replay()
-            end.record()
-        torch.cuda.synchronize()
-        samples = [s.elapsed_time(e) * 1e3 / calls for s, e in zip(starts, ends)]
+        samples = [us / calls for us in _time_replays(graph, iters)]
     finally:
-        # Free the graph's private memory pool now: a tuning job captures hundreds of graphs. After a failed
+        # Free the graphs' private memory pools now: a tuning job captures hundreds of graphs. After a failed
         # capture reset may raise as well; the first error is the one to report.
-        try:
-            graph.reset()
-        except Exception:  # noqa: BLE001
-            pass
+        for graph in graphs:
+            try:
+                graph.reset()
+            except Exception:  # noqa: BLE001
+                pass
     return Timing.from_samples(samples, first_call_s, calls)
+
+
+def _time_replays(graph, n: int) -> list[float]:
+    """Microseconds of each of ``n`` replays of ``graph``, each between its own pair of events."""
+    import torch
+
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for start, end in pairs:
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) * 1e3 for start, end in pairs]
 
 
 def calls_for(call_us: float, calls_per_graph: int) -> int:
     """Calls per replay: enough for a replay of :data:`REPLAY_US`, at least 1, at most ``calls_per_graph``."""
     return max(1, min(calls_per_graph, math.ceil(REPLAY_US / max(call_us, 1e-3))))
-
-
-def _eager_call_us(fn: Callable[[], object]) -> float:
-    """One more eager call between events: an upper bound of a call's time (it includes the launches' gaps)."""
-    import torch
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3
 
 
 def time_with_events(fn: Callable[[], object], iters: int, warmup: int = 3) -> Timing:
