@@ -13,7 +13,6 @@ min_version("9.0")
 include: "rules/common.smk"
 include: "rules/tune.smk"
 include: "rules/select.smk"
-include: "rules/verify.smk"
 include: "rules/database.smk"
 include: "rules/report.smk"
 include: "rules/cluster.smk"

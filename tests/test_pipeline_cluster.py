@@ -5,9 +5,9 @@ from moekernel.pipeline import cluster
 
 def test_cores_that_would_cut_a_cluster_jobs_threads_stop_the_run():
     assert cluster.thread_cap(None, {"tune": 16}) == []  # a cluster run without --cores: nothing is cut
-    assert cluster.thread_cap(16, {"tune": 16, "verify": 1}) == []
-    (problem,) = cluster.thread_cap(2, {"tune": 16, "verify": 1})
-    assert "--cores is 2" in problem and "tune asks for 16" in problem and "verify" not in problem
+    assert cluster.thread_cap(16, {"tune": 16, "select": 1}) == []
+    (problem,) = cluster.thread_cap(2, {"tune": 16, "select": 1})
+    assert "--cores is 2" in problem and "tune asks for 16" in problem and "select" not in problem
     assert "--workflow-profile none" in problem  # what to do
 
 

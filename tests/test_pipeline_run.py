@@ -20,7 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 TINY_SPACE = {"BLOCK_SIZE_M": [16], "BLOCK_SIZE_N": [32, 64], "BLOCK_SIZE_K": [64], "GROUP_SIZE_M": [1],
               "num_warps": [4], "num_stages": [2]}
-DOWNSTREAM = {"select", "verify", "database", "report", "all"}
+DOWNSTREAM = {"select", "database", "report", "all"}
 
 
 def snakemake(workdir: Path, config: dict, *args: str, snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
@@ -56,8 +56,13 @@ GPU = "cpu-interpreter"  # the GPU model of every job in the interpreter
 
 
 def tune_record(key: str) -> str:
-    """The output of the tune job of ``key``: its record of the shards."""
+    """The tune job of ``key``'s record of the shards."""
     return f"results/timings/{GPU}/{key}/tuned.json"
+
+
+def tune_outputs(*keys: str) -> set[str]:
+    """The outputs of the tune jobs of ``keys``: their records and their verify results."""
+    return {path for key in keys for path in (tune_record(key), f"results/verify/{GPU}/{key}.parquet")}
 
 
 def shard_file(key: str, m: int) -> str:
@@ -203,7 +208,7 @@ def test_new_batch_size_tunes_only_that_size(tiny_run, tmp_path):
     shutil.copytree(source, workdir, symlinks=True)
     bigger = {**config, "batch_sizes": [2, 8]}
     jobs = planned(workdir, bigger)
-    assert jobs["tune"] == {tune_record(KEY_A), tune_record(KEY_B)}  # each key's warm job...
+    assert jobs["tune"] == tune_outputs(KEY_A, KEY_B)  # each key's warm job...
     assert set(jobs) - {"tune"} <= DOWNSTREAM
     before = {k: (workdir / shard_file(k, 2)).read_bytes() for k in (KEY_A, KEY_B)}
     result = snakemake(workdir, bigger)
@@ -220,8 +225,7 @@ def test_new_batch_size_tunes_only_that_size(tiny_run, tmp_path):
 def test_new_model_runs_only_its_tune_jobs(tiny_run):
     workdir, config, models = tiny_run
     jobs = planned(workdir, {**config, "models": [*config["models"], tiny_model(models / "c", 8, 64)]})
-    assert jobs["tune"] == {tune_record(KEY_C)}
-    assert jobs["verify"] == {f"results/verify/{GPU}/{KEY_C}.parquet"}  # the other keys' did not change
+    assert jobs["tune"] == tune_outputs(KEY_C)  # the other keys' did not change, nor their verify results
     assert set(jobs) - {"tune"} <= DOWNSTREAM
 
 
@@ -234,7 +238,7 @@ def test_new_model_runs_only_its_tune_jobs(tiny_run):
 def test_changed_settings_rerun_the_tune_jobs(tiny_run, change):
     workdir, config, _ = tiny_run
     jobs = planned(workdir, {**config, **change})
-    assert jobs["tune"] == {tune_record(KEY_A), tune_record(KEY_B)}
+    assert jobs["tune"] == tune_outputs(KEY_A, KEY_B)
 
 
 # ------------------------------------------------------------------ clear errors (dry runs, nothing tuned)

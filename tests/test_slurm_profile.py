@@ -36,22 +36,21 @@ def dry_run(tmp_path: Path, config: dict, *profiles: Path) -> dict[str, list[str
     return jobs
 
 
-def test_from_a_login_node_without_gpus_it_plans_one_gpu_per_tune_and_verify_job(tmp_path):
+def test_from_a_login_node_without_gpus_it_plans_one_gpu_per_tune_job(tmp_path):
     jobs = dry_run(tmp_path, MIXTRAL_TP2, PROFILE)
     assert not jobs["banner"]  # neither the CPU demo nor the interpreter: the cluster's GPUs
-    for rule in ("tune", "verify"):
-        assert len(jobs[rule]) == 1 and "gpu=1" in jobs[rule][0].split(", "), jobs[rule]
+    assert len(jobs["tune"]) == 1 and "gpu=1" in jobs["tune"][0].split(", "), jobs["tune"]
     assert {"runtime=240", "mem_mb=32000"} <= set(jobs["tune"][0].split(", "))
 
 
 def test_it_leaves_the_config_files_backend_alone(tmp_path):
     jobs = dry_run(tmp_path, {**MIXTRAL_TP2, "backend": "interpret"}, PROFILE)
     assert any("backend: interpret" in line for line in jobs["banner"])
-    assert all("gpu=1" not in r.split(", ") for rule in ("tune", "verify") for r in jobs[rule])
+    assert all("gpu=1" not in r.split(", ") for r in jobs["tune"])
 
 
 def test_with_the_cpu_overlay_it_plans_the_demo_and_asks_for_no_gpu(tmp_path):
     jobs = dry_run(tmp_path, MIXTRAL_TP2, PROFILE, CPU_OVERLAY)
     assert any("DEMO RUN" in line for line in jobs["banner"])
-    assert all("gpu=1" not in r.split(", ") for rule in ("tune", "verify") for r in jobs[rule])
+    assert all("gpu=1" not in r.split(", ") for r in jobs["tune"])
     assert {"runtime=10", "mem_mb=1000"} <= set(jobs["tune"][0].split(", "))  # the overlay's sizes, not the profile's

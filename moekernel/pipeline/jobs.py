@@ -1,17 +1,19 @@
-"""What the workflow's GPU jobs do around the tuner and verify: the right GPU, the right software, a warm process.
+"""A tune job: one (GPU model, key) tuned at every batch size and verified on held-out routing, in one warm process.
 
-Both jobs first take one GPU of this machine for their whole life (:func:`moekernel.pipeline.gpus.pin_process`, the
-one pinning mechanism), of the GPU model they were planned for, before anything initialises CUDA; a job that finds
-itself on another model, or with other software than the plan's, refuses before it measures anything.
+The job first takes one GPU of this machine for its whole life (:func:`moekernel.pipeline.gpus.pin_process`, the one
+pinning mechanism), before anything initialises CUDA, and refuses to run with other software than the plan's.
 
-A tune job tunes every batch size of one (GPU model, key) in one ``python -m moekernel.tune`` process: the compile
-workers start once and later sizes hit the kernel cache. (A child process, not the job's own: the compile workers
-are spawned, and a spawned worker imports its parent's main module, which in a Snakemake job is the rule's script;
-seen on the H200, tuning inside the script killed every worker.) Each size's shard is written as soon as it is
-done, and a shard of the same job is never tuned again, so a killed job loses at most the size in flight. After a
-CUDA error the tuner saves its checkpoint and exits 75, and only a fresh process can go on past the config that
-broke the context, so the job starts the tuner again, up to :data:`TUNE_ATTEMPTS` times. When the tuner is done, the job
-writes its record (``tuned.json``): the shards it answered for, and the superseded shards beside them.
+Then one child process (``python -m moekernel.pipeline.jobs``, :func:`main`) does the GPU work: it refuses if its GPU
+is not the model the job was planned for, tunes every batch size (the compile workers start once and later sizes hit
+the kernel cache) and then verifies the winners (:mod:`moekernel.pipeline.verify`) with the kernels still loaded, so
+verify pays no process, CUDA context or kernel loading of its own. (A child process, not the job's own: the compile
+workers are spawned, and a spawned worker imports its parent's main module, which in a Snakemake job is the rule's
+script; seen on the H200, tuning inside the script killed every worker.) Each size's shard is written as soon as it
+is done, and a shard of the same job is never tuned again, so a killed job loses at most the size in flight, and a
+job run again only for verify's sake (its settings changed, or its result is gone) only verifies. After a CUDA error
+the tuner saves its checkpoint and exits 75, and only a fresh process can go on past the config that broke the
+context, so the job starts the child again, up to :data:`TUNE_ATTEMPTS` times. When it is done, the job writes its
+record (``tuned.json``): the shards it answered for, and the superseded shards beside them.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import gpus
 
 TUNE_ATTEMPTS = 5
+#: The child's exit status when it runs on another GPU model than planned (it said why on stderr).
+EXIT_WRONG_PLACE = 3
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,10 +42,9 @@ class WrongPlace(SystemExit):
 
 
 def pin_gpu(backend: str, model: str, log: logging.Logger) -> str | None:
-    """This job's own GPU of ``model`` (cuda), or None (interpret: nothing to pin). Refuses if there is none, or the
-    GPU is another model, or the software differs from the plan's."""
-    from moekernel import configs
-
+    """This job's own GPU of ``model`` (cuda), or None (interpret: nothing to pin); refuses if there is none. The
+    child checks the GPU it got really is ``model`` (:func:`check_device`): asking here would cost this process a
+    CUDA context."""
     host = socket.gethostname()
     gpu = None
     if backend == "cuda":
@@ -47,13 +52,19 @@ def pin_gpu(backend: str, model: str, log: logging.Logger) -> str | None:
         if gpu is None:
             raise WrongPlace(f"no CUDA device of model {model} visible to this job on {host} (backend: cuda needs "
                              "one; backend: auto falls back to the interpreter)")
+    log.info("%s: GPU %s for %s", host, gpu if gpu is not None else "-", model)
+    return gpu
+
+
+def check_device(backend: str, model: str) -> None:
+    """Refuse to time anything on another GPU model than ``model`` (the device this process sees)."""
+    from moekernel import configs
+
     here = configs.device_name() if backend == "cuda" else configs.interpreter_device_name()
     if here != model:
-        raise WrongPlace(f"this job was planned for GPU model {model} but runs on {here} ({host}): refusing to time "
-                         f"it here. Run it where {model} is (on SLURM: set gpu_constraints in the config), or tune "
-                         f"{here} with gpus: [{here}]")
-    log.info("%s: running on GPU %s (%s)", host, gpu if gpu is not None else "-", here)
-    return gpu
+        raise WrongPlace(f"this job was planned for GPU model {model} but runs on {here} ({socket.gethostname()}): "
+                         f"refusing to time it here. Run it where {model} is (on SLURM: set gpu_constraints in the "
+                         f"config), or tune {here} with gpus: [{here}]")
 
 
 def check_software(planned: dict, log: logging.Logger) -> None:
@@ -67,9 +78,10 @@ def check_software(planned: dict, log: logging.Logger) -> None:
     log.info("software: %s", ", ".join(f"{k} {v}" for k, v in here.items()))
 
 
-def tune(gpu: str, key: str, batch_sizes: list[int], record: str, *, settings: dict, software: dict,
-         seed_keys: bool, threads: int, log: logging.Logger) -> None:
-    """Tune ``key`` on ``gpu`` at ``batch_sizes`` into the shards beside ``record``, then write the record."""
+def tune(gpu: str, key: str, batch_sizes: list[int], record: str, verified: str, *, settings: dict, software: dict,
+         seed_keys: bool, verify: dict, threads: int, log: logging.Logger) -> None:
+    """Tune ``key`` on ``gpu`` at ``batch_sizes`` into the shards beside ``record``, verify the winners into
+    ``verified`` (``verify``: draws, max_loss, baseline), then write the record."""
     from moekernel.tuning import shard as shard_io
     from moekernel.tuning.measure import EXIT_RESUME
     from moekernel.tuning.settings import TuneSettings
@@ -78,26 +90,66 @@ def tune(gpu: str, key: str, batch_sizes: list[int], record: str, *, settings: d
     pin_gpu(settings.backend, gpu, log)
     check_software(software, log)
     folder = Path(record).parent
-    out = folder / "bs{batch_size}.parquet"
-    command = [sys.executable, "-m", "moekernel.tune", "--key", key, "--batch-size", ",".join(map(str, batch_sizes)),
-               "--out", str(out), "--jobs", str(threads), "--quiet", *settings.cli_args()]
-    if seed_keys:
-        command += ["--seed-keys", str(folder.parent)]
+    out = str(folder / "bs{batch_size}.parquet")
+    spec = {"gpu": gpu, "key": key, "batch_sizes": list(batch_sizes), "out": out, "verified": str(verified),
+            "settings": settings.as_dict(), "jobs": threads, "seed_keys": str(folder.parent) if seed_keys else None,
+            "verify": verify}
+    command = [sys.executable, "-m", "moekernel.pipeline.jobs", json.dumps(spec)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    if settings.backend == "interpret":
+        env["TRITON_INTERPRET"] = "1"  # before the child defines its kernels
     for attempt in range(1, TUNE_ATTEMPTS + 1):
         rc = subprocess.run(command, env=env).returncode  # its output goes to this job's log (our stderr)
         if rc != EXIT_RESUME:
             break
         log.warning("attempt %d: a CUDA error broke the tuner's context; resuming from its checkpoint", attempt)
+    if rc == EXIT_WRONG_PLACE:
+        raise WrongPlace(f"{key}: nothing was timed (see the line above)")
     if rc:
-        raise SystemExit(f"moekernel.tune exited {rc} for {key} (see the lines above)")
-    shards = {m: str(out).replace("{batch_size}", str(m)) for m in batch_sizes}
+        raise SystemExit(f"the tune job's process exited {rc} for {key} (see the lines above)")
     write_record(record, {
-        "gpu": gpu, "key": key, "batch_sizes": list(batch_sizes), "shards": shards,
+        "gpu": gpu, "key": key, "batch_sizes": list(batch_sizes), "shards": {m: out.replace("{batch_size}", str(m)) for m in batch_sizes},
         "superseded": [str(p) for p in shard_io.superseded_shards(folder)], "settings": settings.as_dict(),
         "software": software, "host": socket.gethostname(),
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tune job's child process: ``python -m moekernel.pipeline.jobs SPEC`` (SPEC: the JSON :func:`tune` builds)."""
+    spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    from moekernel.pipeline import verify
+    from moekernel.tuning import EXIT_RESUME, ContextPoisoned, TuneSettings, tune_batch_sizes
+
+    settings = TuneSettings(**spec["settings"])
+    key, gpu = spec["key"], spec["gpu"]
+    try:
+        check_device(settings.backend, gpu)
+    except WrongPlace as exc:
+        print(f"moekernel: {exc}", file=sys.stderr)
+        return EXIT_WRONG_PLACE
+    # A cancelled job (Snakemake, Slurm) gets SIGTERM: unwind, so the tuner's checkpoint is written on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    start = time.monotonic()
+    try:
+        frames = tune_batch_sizes(key, spec["batch_sizes"], settings, out=spec["out"], jobs=spec["jobs"],
+                                  seed_keys=spec["seed_keys"], progress=False)
+    except ContextPoisoned as exc:
+        print(f"moekernel.tune: {exc}", file=sys.stderr)
+        return EXIT_RESUME
+    for frame in frames.values():
+        print(frame.attrs["summary"], file=sys.stderr)
+    print(f"{key}: {len(frames)} batch sizes tuned in {time.monotonic() - start:.1f} s", file=sys.stderr)
+
+    start = time.monotonic()
+    shards = {m: spec["out"].replace("{batch_size}", str(m)) for m in spec["batch_sizes"]}
+    v = spec["verify"]
+    rows = verify.verify_key(gpu, key, shards, routing=settings.routing, seed=settings.seed, iters=settings.iters,
+                             draws=v["draws"], max_loss=v["max_loss"], baseline_dir=v["baseline"],
+                             backend=settings.backend)
+    verify.write(rows, spec["verified"])
+    print(f"{key}: verified in {time.monotonic() - start:.1f} s: {verify.describe(rows)}", file=sys.stderr)
+    return 0
 
 
 def write_record(path, record: dict) -> None:
@@ -110,3 +162,7 @@ def write_record(path, record: dict) -> None:
 
 def read_record(path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -146,6 +147,22 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
     return frame.astype({"batch_size": "int64", "config_batch_size": "Int64", "time_us": "float64",
                          "rel_error": "float64", "ok": "boolean", "hit_experts": "Int64", "vs_default": "float64",
                          "vs_default_worst": "float64", "emitted": "boolean"})
+
+
+def write(rows: pd.DataFrame, path) -> None:
+    """The rows of one key as its Parquet file, written atomically (a half-written file is never a result)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    rows.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def describe(rows: pd.DataFrame) -> str:
+    """``54 rows, 0 not ok, 3 size(s) keep the default``."""
+    not_ok = int((rows["ok"] == False).sum())  # noqa: E712 - a nullable column: None is neither
+    kept = int(((rows["source"] == "default") & rows["emitted"].fillna(False)).sum())
+    return f"{len(rows)} rows, {not_ok} not ok, {kept} size(s) keep the default"
 
 
 def decide(results: dict[str, dict], max_loss: float) -> None:
