@@ -104,11 +104,8 @@ def down_split_k(M: int, E: int, N: int, K: int, topk: int, down: dict, dtype: s
     as long as one).
     """
     facts = dtype_info(dtype or "bf16")
-    hit = E * (1 - (1 - min(topk, E) / E) ** M)  # experts hit by uniform routing, expected
+    programs, k_steps, hit = down_grid(M, E, N, K, topk, down)
     rows = M * topk
-    m_tiles = hit * -(-(rows / hit) // down["BLOCK_SIZE_M"])
-    programs = m_tiles * -(-K // down["BLOCK_SIZE_N"])
-    k_steps = -(-N // down["BLOCK_SIZE_K"])
     weight_bytes = hit * N * K * facts.weight_bytes
 
     def fits(split: int) -> bool:
@@ -120,6 +117,14 @@ def down_split_k(M: int, E: int, N: int, K: int, topk: int, down: dict, dtype: s
     while fits(2 * split):
         split *= 2
     return split
+
+
+def down_grid(M: int, E: int, N: int, K: int, topk: int, down: dict) -> tuple[float, int, float]:
+    """The down GEMM under ``down`` at M tokens, as uniform routing makes it on average: (programs, K steps of
+    BLOCK_SIZE_K along its reduction N, experts hit)."""
+    hit = E * (1 - (1 - min(topk, E) / E) ** M)
+    m_tiles = hit * -(-(M * topk / hit) // down["BLOCK_SIZE_M"])
+    return m_tiles * -(-K // down["BLOCK_SIZE_N"]), -(-N // down["BLOCK_SIZE_K"]), hit
 
 
 def engine_default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None = None,

@@ -41,8 +41,13 @@ def cfg_key(config):
     return key(config["BLOCK_SIZE_N"], config["num_stages"], config["BLOCK_SIZE_M"])
 
 
+def engine_rows(frame):
+    """The rows of the engines' six-parameter search (not the winner's split-K variants)."""
+    return frame[frame["SPLIT_K"] == 1]
+
+
 def by_cfg(frame, gemm="both"):
-    part = frame[frame["gemm"] == gemm]
+    part = engine_rows(frame)[lambda f: f["gemm"] == gemm]
     return {key(r.BLOCK_SIZE_N, r.num_stages, r.BLOCK_SIZE_M): r for r in part.itertuples(index=False)}
 
 
@@ -59,7 +64,11 @@ def test_end_to_end_shard(tmp_path):
     assert out.is_file() and not partial_path(out).exists()
     assert list(frame.columns) == list(COLUMNS)
     pd.testing.assert_frame_equal(frame, to_frame(read_shard(out)))
-    assert len(frame) == 8 and set(frame["gemm"]) == {"both"}
+    assert set(frame["gemm"]) == {"both"}
+    variants = frame[frame["SPLIT_K"] > 1]  # of the winner; N=64 is too short a reduction to split
+    assert sorted(variants["SPLIT_K"]) == [2, 4, 8] and (variants["status"] == "pruned").all()
+    frame = engine_rows(frame)
+    assert len(frame) == 8
     pruned = frame[frame["status"] == "pruned"]
     assert len(pruned) == 4 and (pruned["BLOCK_SIZE_M"] == 32).all() and pruned["error"].str.contains("M=8").all()
     ok = frame[frame["status"] == "ok"]
@@ -148,7 +157,7 @@ def split_runner(inputs, config, gemm="both"):
 def test_split_winners_share_block_m(monkeypatch):
     monkeypatch.setattr(fused_moe, "make_runner", split_runner)
     frame = run(M=32, split=True, space=SPLIT_SPACE)
-    assert set(frame["gemm"]) == {"up", "down"} and len(frame) == 8
+    assert set(frame["gemm"]) == {"up", "down"} and len(engine_rows(frame)) == 8
     winners = frame[frame["winner"]].set_index("gemm")
     # The fastest up GEMM (BLOCK_SIZE_M=16, 1 ms) loses: 16 costs 1 + 100, 32 costs 20 + 5.
     assert winners.loc["up", "BLOCK_SIZE_M"] == winners.loc["down", "BLOCK_SIZE_M"] == 32
@@ -200,7 +209,7 @@ def test_resume_after_a_kill(tmp_path, monkeypatch):
     frame = run(out=out)
     assert len(timed) == 2  # only the two candidates the killed job had not timed
     assert out.exists() and not partial_path(out).exists()
-    merged = frame.merge(before, on=["BLOCK_SIZE_M", "BLOCK_SIZE_N", "num_stages"], suffixes=("", "_before"))
+    merged = engine_rows(frame).merge(before, on=["BLOCK_SIZE_M", "BLOCK_SIZE_N", "num_stages"], suffixes=("", "_before"))
     assert len(merged) == 2 and (merged["time_us"] == merged["time_us_before"]).all()
     assert (merged["timestamp"] == merged["timestamp_before"]).all()
     assert frame["winner"].sum() == 1

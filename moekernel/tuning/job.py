@@ -20,7 +20,8 @@ from .measure import Measurements, now
 from .seeds import heuristic_seeds
 from .select import Checker, Selection
 from .settings import TuneSettings
-from .space import Candidate, config_str, device_smem_limit, format_duration, interpreter_seconds, prune
+from .space import (Candidate, config_str, device_smem_limit, format_duration, interpreter_seconds, prune,
+                    split_k_variants)
 from .strategies import Fast
 
 FAILED = ("out_of_resources", "compile_error", "runtime_error", "incorrect")
@@ -76,7 +77,7 @@ class TuneJob:
             "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
             "batch_size": self.M, "status": "pruned", "time_us": None, "p20_us": None, "p80_us": None,
             "iters": None, "compile_s": None, "draw_us": None, "mean_us": None, "worst_us": None, "error": None,
-            "winner": False, "verified": False, "device": device, "backend": self.backend, **provenance.versions(),
+            "SPLIT_K": 1, "winner": False, "extended_winner": False, "verified": False, "device": device, "backend": self.backend, **provenance.versions(),
             "kernel_hash": provenance.kernel_hash(), **self.settings.columns(), "seeded_from": self.seeded_from,
             "timestamp": now(),
         }  # fmt: skip
@@ -152,7 +153,9 @@ class TuneJob:
             finalists = strategy.run(explored, self.meas, iters=self.settings.iters, seeds=seeds)
             robust = self.robust_finalists(explored, finalists)
             self.meas.time_draws(robust)
-            Selection(self.meas, Checker(self)).pick(robust, split=self.settings.split)
+            selection = Selection(self.meas, Checker(self))
+            selection.pick(robust, split=self.settings.split)
+            self.search_extended(selection)
         except BaseException:
             self.meas.checkpoint(force=True)
             raise
@@ -166,7 +169,36 @@ class TuneJob:
             print(frame.attrs["summary"], file=sys.stderr)
         return frame
 
+    def search_extended(self, selection: Selection) -> None:
+        """moekernel's own parameters around the engine winner: SPLIT_K on the down GEMM it drives
+        (:func:`moekernel.tuning.space.split_k_variants`, pruned with reasons). The variants are timed like finalists,
+        on every routing draw; the extended winner is the best of them and the winner (:meth:`Selection.pick_extended`),
+        the winner itself where no variant pays."""
+        rows, base = self.meas.rows, self.base_row()
+        winners = [c for c in rows if rows[c]["winner"]]
+        up = next((c for c in winners if c.gemm == "up"), None)
+        for winner in winners:
+            variants = []
+            for config, reason in split_k_variants(self.shape, self.M, winner.config, winner.gemm):
+                cand = Candidate.of(config, winner.gemm)
+                rows[cand] = {**base, **config, "gemm": winner.gemm, "error": reason,
+                              "status": "pruned" if reason else "ok"}
+                if reason is None:
+                    variants.append(cand)
+            best = winner
+            if variants:
+                self.meas(variants, self.settings.iters)
+                self.meas.time_draws(variants)
+                # A split down GEMM is checked in the op with the up winner it was tuned beside.
+                whole = (lambda c: {"up": up.config, "down": c.config}) if up is not None else (lambda c: c.config)
+                best = selection.pick_extended(winner, variants, whole)
+            rows[best]["extended_winner"] = True
+            self.meas.measured.add(best)
+        self.meas.checkpoint(force=True)
+
     def summary(self, frame: pd.DataFrame, wall: float) -> str:
+        variants = frame[frame["SPLIT_K"] > 1]
+        frame = frame[frame["SPLIT_K"] == 1]  # the engines' search; the split-K variants are counted apart
         status = frame["status"]
         failed = int(status.isin(FAILED).sum())
         winners = frame[frame["winner"]]
@@ -176,6 +208,13 @@ class TuneJob:
             best = "; ".join(f"{r.gemm} {config_str(r._asdict())} {r.time_us:.1f} us" + (
                 f" (mean {r.mean_us:.1f}, worst {r.worst_us:.1f} over {len(r.draw_us)} draws)"
                 if r.draw_us is not None and len(r.draw_us) > 1 else "") for r in winners.itertuples(index=False))
+        extended = variants[variants["extended_winner"].fillna(False).astype(bool)]
+        if len(extended):
+            best += "; with moekernel's own parameters " + "; ".join(
+                f"{r.gemm} {config_str(r._asdict())} {r.mean_us:.1f} us mean" for r in extended.itertuples(index=False))
+        timed = int(variants["time_us"].notna().sum())
+        if timed:
+            best += f" (split-K variants: {timed} timed, {len(variants) - timed} pruned)"
         note = " [interpreter: times meaningless]" if self.backend == "interpret" else ""
         return (f"{self.shape.key} M={self.M}: {len(frame)} candidates, {int((status == 'pruned').sum())} pruned, "
                 f"{failed} failed, {int((status == 'ok').sum())} ok; best {best}; {wall:.1f} s{note}")

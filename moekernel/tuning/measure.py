@@ -83,7 +83,7 @@ class Measurements:
             done = self.resume.get(tuple(cand))
             if done is not None and (done["status"] != "ok" or done["iters"] >= iters):
                 # Winners are chosen anew; the row now belongs to this job's strategy (its timestamp stays).
-                self.rows[cand] = dict(done, winner=False, strategy=row["strategy"])
+                self.rows[cand] = dict(done, winner=False, extended_winner=False, strategy=row["strategy"])
                 self.measured.add(cand)
             elif row["status"] == "ok" and (cand not in self.measured or row["iters"] < iters):
                 todo.append(cand)

@@ -17,6 +17,9 @@ from .measure import ContextPoisoned, Measurements, context_error
 from .space import Candidate
 
 VERIFY_TOP = 3  # candidates checked against the reference (``both``); the fastest correct one wins
+#: What a config with moekernel's own parameters must gain over the engine winner (mean over the draws) to be the
+#: extended winner: less is within the timing spread, not worth a second config file entry that differs.
+EXTENDED_MIN_GAIN = 0.01
 MAX_VERIFY_FAILURES = 10  # a kernel wrong this often is broken for the shape: stop looking for a winner
 
 
@@ -102,6 +105,24 @@ class Selection:
                 passed += 1
             else:
                 failures += 1
+
+    def pick_extended(self, winner: Candidate, variants: list[Candidate], whole) -> Candidate:
+        """The extended winner: the best of ``winner`` and its ``variants`` over the draws (as :meth:`ordered`
+        ranks them) that is at least :data:`EXTENDED_MIN_GAIN` faster than ``winner`` on mean and passes the
+        reference check (``whole(cand)``: the config of the whole op), else ``winner``."""
+        limit = self.cost(winner) * (1 - EXTENDED_MIN_GAIN)
+        for cand in self.ordered([winner, *variants], {winner, *variants}):
+            if cand == winner:
+                break
+            if self.cost(cand) > limit:
+                continue
+            ok, message = self.check(whole(cand))
+            self.meas.measured.add(cand)
+            if ok:
+                self.rows[cand]["verified"] = True
+                return cand
+            self.rows[cand].update(status="incorrect", error=message)
+        return winner
 
     def pick_split(self, finalists: set) -> None:
         """The BLOCK_SIZE_M with the least best_up + best_down, whose pair passes the full-op check."""

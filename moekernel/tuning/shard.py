@@ -33,11 +33,15 @@ SCHEMA = pa.schema(
     + [(name, _int) for name in ("E", "N", "K", "topk")]
     + [("block_shape", _str), ("batch_size", _int)]
     + [(name, _int) for name in PARAMS]
+    + [("SPLIT_K", _int)]  # moekernel's own parameter (1: the engines' kernel); only the split-K search sets it
     + [("gemm", _str), ("status", _str)]
     + [("time_us", _float), ("p20_us", _float), ("p80_us", _float), ("iters", _int), ("compile_s", _float)]
     # Finalists re-timed on several routing draws (draw 0 is time_us's): per-draw medians, their mean and worst.
     + [("draw_us", pa.list_(_float)), ("mean_us", _float), ("worst_us", _float)]
     + [("error", _str), ("winner", _bool), ("verified", _bool)]
+    # winner: the best of the engines' six parameters (what an engine file can hold); extended_winner: the best with
+    # moekernel's own parameters too (what moekernel's own file holds), which may be the winner itself.
+    + [("extended_winner", _bool)]
     + [(name, _str) for name in ("device", "backend", "triton_version", "torch_version", "moekernel_version")]
     + [("kernel_hash", _str), ("routing", _str), ("strategy", _str), ("seed", _int)]
     + [("settings", _str)]  # the job's TuneSettings as JSON (moekernel.tuning.settings)
@@ -90,7 +94,7 @@ def write_shard(path: str | os.PathLike, rows: Iterable[Mapping] | pa.Table) -> 
 
 
 #: Columns a shard written before they existed lacks; read back as nulls.
-ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from")
+ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from", "SPLIT_K", "extended_winner")
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -133,7 +137,8 @@ def partial_path(out: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, settings: Mapping) -> dict[tuple, dict]:
-    """Measured rows of a checkpoint whose :data:`RESUME_COLUMNS` equal ``settings``, keyed by (config id, gemm).
+    """Measured rows of a checkpoint whose :data:`RESUME_COLUMNS` equal ``settings``, keyed as
+    :class:`moekernel.tuning.space.Candidate` tuples (config id, gemm, SPLIT_K).
 
     A checkpoint that cannot be read (cut short by the kill) or was made with other settings gives nothing.
     """
@@ -145,7 +150,7 @@ def load_checkpoint(path: str | os.PathLike, settings: Mapping) -> dict[tuple, d
     for row in rows:
         if row["status"] == "pruned" or any(row[c] != settings[c] for c in RESUME_COLUMNS):
             continue
-        reusable[(tuple(row[p] for p in PARAMS), row["gemm"])] = row
+        reusable[(tuple(row[p] for p in PARAMS), row["gemm"], row["SPLIT_K"] or 1)] = row
     return reusable
 
 

@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from ..heuristics import HOPPER_SMEM_BYTES
 from .. import launch_params
+from ..heuristics import HOPPER_SMEM_BYTES, HOPPER_SMS, MIN_SPLIT_K_STEPS, down_grid
 from ..launch_params import PARAMS
 from ..shapes import KernelShape
 
@@ -112,26 +112,65 @@ def config_id(config: Mapping[str, int]) -> tuple[int, ...]:
 
 
 def config_str(config: Mapping[str, int]) -> str:
-    """Short text for messages: ``M64 N128 K64 G1 w4 s3``."""
-    return "M{} N{} K{} G{} w{} s{}".format(*config_id(config))
+    """Short text for messages: ``M64 N128 K64 G1 w4 s3`` (`` split-K 4`` after it where the config splits)."""
+    text = "M{} N{} K{} G{} w{} s{}".format(*config_id(config))
+    return text + (f" split-K {config['SPLIT_K']}" if config.get("SPLIT_K", 1) != 1 else "")
 
 
 class Candidate(NamedTuple):
-    """One thing the tuner times: a config (by its id) driving one gemm scope (both, up or down)."""
+    """One thing the tuner times: a config (its six engine parameters by id, and SPLIT_K) driving one gemm scope
+    (both, up or down). The engines' six search never leaves split_k at anything but 1."""
 
     cid: tuple[int, ...]
     gemm: str
+    split_k: int = 1
 
     @classmethod
     def of(cls, config: Mapping[str, int], gemm: str) -> "Candidate":
-        return cls(config_id(config), gemm)
+        return cls(config_id(config), gemm, int(config.get("SPLIT_K", 1)))
 
     @property
     def config(self) -> dict[str, int]:
-        return dict(zip(PARAMS, self.cid))
+        config = dict(zip(PARAMS, self.cid))
+        return config if self.split_k == 1 else {**config, "SPLIT_K": self.split_k}
 
     def __str__(self) -> str:
         return f"{config_str(self.config)} ({self.gemm})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# moekernel's own parameters, searched around the engine winner
+
+#: The SPLIT_K values the tuner tries on an engine winner's down GEMM (moekernel.launch_params.EXTENDED_PARAMS).
+SPLIT_K_CHOICES = (2, 4, 8)
+
+
+def split_k_variants(shape: KernelShape, M: int, config: Mapping[str, int], gemm: str
+                     ) -> list[tuple[dict[str, int], str | None]]:
+    """The winner ``config`` with each of :data:`SPLIT_K_CHOICES`, with ``None`` (time it) or why not.
+
+    Split-K helps where the down GEMM's grid leaves SMs idle (one program per row block and column block: a few
+    dozen at small M); it costs float32 atomics, a zero-fill launch and, past one wave, a second wave. So a split is
+    pruned where the unsplit grid already fills the SMs, where it would need more than two waves, and where each
+    part would reduce fewer than MIN_SPLIT_K_STEPS K steps. Only a config that drives the down GEMM takes one."""
+    if gemm == "up":
+        return []
+    programs, k_steps, _ = down_grid(M, shape.E, shape.N, shape.K, shape.topk, config)
+    found = []
+    for split in SPLIT_K_CHOICES:
+        variant = {**config, "SPLIT_K": split}
+        if programs >= HOPPER_SMS:
+            reason = (f"SPLIT_K={split}: the down GEMM's ~{programs:.0f} programs already fill the {HOPPER_SMS} SMs; "
+                      "a split only adds atomics")
+        elif programs * split > 2 * HOPPER_SMS:
+            reason = f"SPLIT_K={split}: ~{programs * split:.0f} programs, more than two waves of {HOPPER_SMS} SMs"
+        elif k_steps // split < MIN_SPLIT_K_STEPS:
+            reason = (f"SPLIT_K={split}: {k_steps} K steps of BLOCK_SIZE_K={config['BLOCK_SIZE_K']} leave each part "
+                      f"fewer than {MIN_SPLIT_K_STEPS}")
+        else:
+            reason = None
+        found.append((variant, reason))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------

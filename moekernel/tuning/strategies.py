@@ -55,7 +55,7 @@ class Fast:
         """The candidates worth timing at all, and the prune reason for the others."""
         if self.radius is None or not seeds:
             return groups, None
-        seed_points = {_position(cid, space) for cid, _ in seeds}
+        seed_points = {_position(cid, space) for cid, *_ in seeds}
         near = {
             g: [c for c in members if c in seeds or _near(_position(c[0], space), seed_points, self.radius)]
             for g, members in groups.items()
