@@ -33,15 +33,16 @@ def device():
 def write_shard():
     """Write a tuning shard with the tuner's exact schema, for tests of what reads shards.
 
-    ``write_shard(path, key, batch_size, [(config, time_us), ...], winner=0, **column_overrides)``; a
-    candidate given as (config, None, status) is a failure with that status.
+    ``write_shard(path, key, batch_size, [(config, time_us), ...], winner=0, extended=None, **column_overrides)``;
+    a candidate given as (config, None, status) is a failure with that status; ``extended``: the index of the
+    extended winner (a config with SPLIT_K), if any.
     """
     from datetime import datetime, timezone
 
     from moekernel.shapes import KernelShape
     from moekernel.tuning import shard
 
-    def write(path, key, batch_size, candidates, *, winner=0, gemm="both", **overrides):
+    def write(path, key, batch_size, candidates, *, winner=0, extended=None, gemm="both", **overrides):
         s = KernelShape.from_key(key)
         base = {
             "key": key, "dtype": s.dtype, "E": s.E, "N": s.N, "K": s.K, "topk": s.topk,
@@ -57,7 +58,7 @@ def write_shard():
             status = status[0] if status else "ok"
             rows.append({**base, **config, "status": status, "time_us": time_us,
                          "error": None if status == "ok" else f"{status} here", "winner": i == winner,
-                         "verified": i == winner, **overrides})
+                         "verified": i in (winner, extended), "extended_winner": i == extended, **overrides})
         return shard.write_shard(path, rows)
 
     return write

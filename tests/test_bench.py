@@ -42,6 +42,19 @@ def test_folder_without_a_matching_file_gives_no_table(tmp_path):
     assert src.table is None and "no file" in src.note
 
 
+def test_a_tuned_folder_with_moekernels_own_file_is_benched_both_ways(tmp_path):
+    # The engine file (what an engine runs) and moekernel's own file (what moekernel's runtime runs) side by side.
+    write_config_file(tmp_path / "E=4,N=64,device_name=NVIDIA_H200.json", {1: CFG})
+    write_extended_config_file(tmp_path / "E=4,N=64,device_name=NVIDIA_H200.moekernel.json",
+                               {1: {"up": CFG, "down": {**CFG, "SPLIT_K": 2}}})
+    args = cli.build_parser().parse_args(["--tuned", str(tmp_path), "--skip-torch"])
+    found = {src.label: src for src in bench_sources.build_sources(args, TINY, "NVIDIA_H200")}
+    engine, own = found[f"tuned:{tmp_path.name}"], found[f"own:{tmp_path.name}"]
+    assert engine.config(TINY, 1)[0] == CFG
+    assert own.config(TINY, 1)[0]["down"]["SPLIT_K"] == 2
+    assert bench_sources.own_file_source(tmp_path, TINY, "NVIDIA_H100_80GB_HBM3") is None  # no own file for it
+
+
 def test_table_and_summary_flag_mismatches_and_compute_speedups():
     sources = [bench_sources.Source("default", "heuristic", "default"),
                bench_sources.Source("engine-default", "heuristic", "engine-default")]

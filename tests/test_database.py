@@ -101,3 +101,15 @@ def test_readme_sql_examples_run(db):
     assert len(blocks) >= 4
     for sql in blocks:
         assert db.execute(sql).fetchall(), sql
+
+
+def test_shards_from_before_the_split_k_search_still_build(tmp_path, sources):
+    # Written before SPLIT_K and extended_winner existed: the columns are nulls, every view works, none is extended.
+    shards, shapes, comparisons = sources
+    old = tmp_path / "old.parquet"
+    pd.read_parquet(shards[0]).drop(columns=["SPLIT_K", "extended_winner"]).to_parquet(old)
+    path = database.build(tmp_path / "old.duckdb", [old], shapes, comparisons)
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT count(*) FROM winners").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM extended_winners").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM speedup").fetchone()[0] == 2

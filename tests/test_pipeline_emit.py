@@ -103,3 +103,39 @@ def test_a_default_kept_at_one_size_of_a_split_key_goes_to_both_files(tmp_path, 
     assert done["written"] == ["E=8,N=7168,device_name=NVIDIA_H200.json", "E=8,N=7168,device_name=NVIDIA_H200_down.json"]
     loaded = configs.load_configs(8, 7168, None, None, "NVIDIA_H200", folders=[tmp_path / "configs"])
     assert loaded[4] == {"up": cfg(16, 128), "down": cfg(16, 32)} and loaded[64] == {"up": cfg(64), "down": cfg(64)}
+
+
+def test_a_split_k_winner_goes_to_moekernels_own_file_and_never_to_the_engine_file(tmp_path, write_shard):
+    import pandas as pd
+
+    from moekernel.launch_params import PARAMS
+    from moekernel.pipeline.database import COMPARISONS_SCHEMA
+
+    shard = write_shard(tmp_path / "bs1.parquet", KEY, 1, [(cfg(16, 128), 2.0)])
+    split = {**cfg(16, 128), "SPLIT_K": 2}
+
+    def verify_file(rows):
+        path = tmp_path / f"verify{len(rows)}.parquet"
+        base = {"key": KEY, "device": "NVIDIA_H200"}
+        pd.DataFrame([{**base, **r} for r in rows]).reindex(columns=list(COMPARISONS_SCHEMA)).to_parquet(path)
+        return path
+
+    engine = [{"batch_size": 1, "source": "tuned", "emitted": True, "config": json.dumps(cfg(16, 128))},
+              {"batch_size": 4, "source": "default", "emitted": True, "config": json.dumps(cfg(16))}]
+    extended = [{"batch_size": 1, "source": "extended", "emitted": True, "config": json.dumps(split)},
+                {"batch_size": 4, "source": "extended", "emitted": False, "config": json.dumps({**cfg(16), "SPLIT_K": 4})}]
+    out = tmp_path / "configs"
+    done = emit.emit_from_verify([shard], [verify_file(engine + extended)], out)
+    own = "E=8,N=7168,device_name=NVIDIA_H200.moekernel.json"
+    assert done["written"] == ["E=8,N=7168,device_name=NVIDIA_H200.json", own]
+    # The engine file: exactly the six integer keys per batch size, whatever moekernel's own file holds.
+    engine_file = json.loads((out / "E=8,N=7168,device_name=NVIDIA_H200.json").read_text())
+    assert all(list(v) == list(PARAMS) and all(type(x) is int for x in v.values())
+               for k, v in engine_file.items() if k != "triton_version")
+    # moekernel's runtime reads its own file first: the split where verify chose it, the engine's config elsewhere.
+    loaded = configs.load_configs(8, 7168, None, None, "NVIDIA_H200", folders=[out])
+    assert loaded[1]["down"] == split and loaded[1]["up"] == {**cfg(16, 128), "SPLIT_K": 1}
+    assert loaded[4]["down"] == {**cfg(16), "SPLIT_K": 1}
+    # A later run where no split pays any more: the own file goes, so it cannot shadow the new engine file.
+    done = emit.emit_from_verify([shard], [verify_file(engine)], out)
+    assert done["removed"] == [own] and not (out / own).exists()

@@ -17,6 +17,8 @@ import duckdb
 import pytest
 import yaml
 
+from moekernel.launch_params import PARAMS
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_SPACE = {"BLOCK_SIZE_M": [16], "BLOCK_SIZE_N": [32, 64], "BLOCK_SIZE_K": [64], "GROUP_SIZE_M": [1],
               "num_warps": [4], "num_stages": [2]}
@@ -104,9 +106,12 @@ def test_demo_run_end_to_end(demo_run):
     assert list(data)[0] == "triton_version" and sorted(int(m) for m in list(data)[1:]) == [1, 4]
 
     con = duckdb.connect(str(workdir / "results" / "tuning.duckdb"), read_only=True)
-    assert con.execute("SELECT count(*), count(DISTINCT batch_size), min(backend), max(backend) FROM timings"
-                       ).fetchone() == (4, 2, "interpret", "interpret")  # two configs at two batch sizes
+    assert con.execute("SELECT count(*), count(DISTINCT batch_size), min(backend), max(backend) FROM timings "
+                       "WHERE SPLIT_K = 1").fetchone() == (4, 2, "interpret", "interpret")  # two configs, two sizes
     assert con.execute("SELECT count(*) FROM timings WHERE status = 'ok'").fetchone()[0] == 4
+    # The winners' split-K variants are rows too, pruned (the demo's reduction is too short to split), with why.
+    assert con.execute("SELECT count(*), bool_and(status = 'pruned' AND error LIKE '%K steps%') FROM timings "
+                       "WHERE SPLIT_K > 1").fetchone() == (6, True)
     winners = con.execute("SELECT batch_size, BLOCK_SIZE_N FROM winners ORDER BY 1").fetchall()
     assert [m for m, _ in winners] == [1, 4]
     emitted = con.execute("SELECT batch_size, config FROM comparisons WHERE emitted ORDER BY 1").fetchall()
@@ -189,6 +194,12 @@ def test_tiny_models_were_tuned(tiny_run):
     workdir, _, _ = tiny_run
     files = sorted(p.name for p in (workdir / "results" / "configs").glob("*.json"))
     assert files == ["E=4,N=128,device_name=cpu-interpreter.json", "E=4,N=64,device_name=cpu-interpreter.json"]
+    for name in files:  # engine files: exactly the six integer keys per batch size, in the engines' order
+        entries = json.loads((workdir / "results" / "configs" / name).read_text())
+        assert list(entries)[0] == "triton_version"
+        for m, config in entries.items():
+            assert m == "triton_version" or (list(config) == list(PARAMS)
+                                             and all(type(v) is int for v in config.values())), (name, m)
     con = duckdb.connect(str(workdir / "results" / "tuning.duckdb"), read_only=True)
     assert sorted(con.execute("SELECT key FROM shapes").fetchall()) == [(KEY_B,), (KEY_A,)]
 

@@ -71,3 +71,24 @@ def test_sources_with_the_same_config_are_timed_once(tmp_path, write_shard, monk
     assert list(rows["tuned"].draw_us) == list(rows["default"].draw_us) == [100.0, 102.0, 98.0]
     assert json.loads(rows["tuned"].config) == default(M)
     assert rows["tuned"].emitted and rows["tuned"].vs_default_worst == 1.0
+
+
+@pytest.mark.parametrize("extended_times, own_file_holds_it", [
+    ([80.0, 82.0, 81.0], True),  # faster on every draw than what the engine file holds
+    ([80.0, 80.0, 103.0], False),  # faster on average, 3% slower on one draw
+])
+def test_moekernels_own_file_holds_a_split_k_winner_only_where_it_holds_up(tmp_path, write_shard, monkeypatch,
+                                                                          extended_times, own_file_holds_it):
+    M = 8
+    split = {**OTHER, "SPLIT_K": 2}
+    write_shard(tmp_path / "bs8.parquet", KEY, M, [(OTHER, 1.0), (split, 0.8)], winner=0, extended=1)
+    # Per draw: default, tuned, extended (the order sources take turns in).
+    fake_times(monkeypatch, [t for ext in extended_times for t in (100.0, 90.0, ext)])
+    frame = verify.verify_key("NVIDIA_H200", KEY, {M: str(tmp_path / "bs8.parquet")}, draws=3, backend=BACKEND)
+    rows = rows_by_source(frame)
+    assert json.loads(rows["extended"].config) == split and rows["extended"].ok  # it ran, checked
+    assert rows["tuned"].emitted  # the engine file's choice is unchanged by it
+    assert bool(rows["extended"].emitted) == own_file_holds_it
+    assert rows["extended"].vs_default == pytest.approx(100.0 / (sum(extended_times) / 3))
+    if not own_file_holds_it:
+        assert "moekernel's own file holds the tuned config" in rows["extended"].note

@@ -22,7 +22,8 @@ A benchmark, not a test::
    ``default-six`` (the same rule held to the engines' six parameters, what an engine file can carry),
    ``engine-default`` (what vLLM falls back to without tuned files), ``folder:DIR`` / ``tuned:DIR`` for each
    ``--configs`` / ``--tuned`` folder (its engine file for this device, else another device's engine file of the
-   same E, N, dtype and block shape, said so), and ``torch``
+   same E, N, dtype and block shape, said so), ``own:DIR`` where the folder also holds moekernel's own file of
+   this shape and device (its extended parameters, what moekernel's runtime runs from DIR), and ``torch``
    (torch._grouped_mm where it runs, else a per-expert torch.matmul loop; quantized weights are dequantized
    to bf16 for it). Every output is compared once with the float32 reference.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..configs import config_file_name, is_engine_file_name, load_configs, nearest_batch_size
+from ..configs import (config_file_name, extended_config_file_name, is_engine_file_name, load_configs,
+                       nearest_batch_size)
 from ..heuristics import default_config, engine_default_config
 from ..shapes import KernelShape
 
@@ -75,6 +76,19 @@ def folder_source(prefix: str, folder, shape: KernelShape, device_name: str) -> 
     table = load_configs(shape.E, shape.N, shape.config_dtype, shape.block_shape, device_name=device,
                          folders=[Path(folder)], extended=False)
     return Source(name, "file", label, table=table, file=str(path), note=message)
+
+
+def own_file_source(folder, shape: KernelShape, device_name: str) -> Source | None:
+    """moekernel's own file of this shape and device in ``folder`` (extended parameters: what moekernel's runtime
+    runs from that folder), or None where there is none."""
+    name = extended_config_file_name(shape.E, shape.N, shape.config_dtype, shape.block_shape, device_name)
+    path = Path(folder) / name
+    if not path.is_file():
+        return None
+    table = load_configs(shape.E, shape.N, shape.config_dtype, shape.block_shape, device_name=device_name,
+                         folders=[Path(folder)], fallback=False)
+    return Source(f"own:{folder}", "file", f"own:{Path(folder).name or folder}", table=table, file=str(path),
+                  note=f"using {name}, moekernel's own file (extended parameters)")
 
 
 def torch_baseline(inputs, shape: KernelShape):
@@ -150,6 +164,9 @@ def build_sources(args, shape: KernelShape, device_name: str) -> list[Source]:
             if not Path(folder).is_dir():
                 raise ValueError(f"--{'configs' if prefix == 'folder' else 'tuned'} {folder}: not a folder")
             sources.append(folder_source(prefix, folder, shape, device_name))
+            own = own_file_source(folder, shape, device_name)
+            if own is not None:
+                sources.append(own)
     if not args.skip_torch:
         sources.append(Source("torch", "torch", "torch"))
     return sources

@@ -21,6 +21,8 @@ import pandas as pd
 VIEWS = {
     # The tuner's verified choices: one `both` row per (key, batch size, device), or an `up` and a `down` row.
     "winners": "SELECT * FROM timings WHERE winner AND current",
+    # The best with moekernel's own parameters too (SPLIT_K): the winner itself where no split-K variant paid.
+    "extended_winners": "SELECT * FROM timings WHERE extended_winner AND current",
     # Every config of the search within 2% of the fastest one (how flat the optimum is).
     "near_best": """
         SELECT * FROM (
@@ -31,7 +33,8 @@ VIEWS = {
         SELECT key, status, count(*) AS n, any_value(error) AS example_error
         FROM timings WHERE status <> 'ok' AND current GROUP BY key, status""",
     # Tuned against the kernel's default config and the baseline files, per key, batch size and device, on the
-    # held-out routing draws; `emitted` says whether the engine file holds the tuned config or the default.
+    # held-out routing draws; `emitted` says whether the engine file holds the tuned config or the default;
+    # extended_us: the tuner's split-K winner where it found one, extended_emitted: moekernel's own file holds it.
     "speedup": """
         SELECT t.key, t.batch_size, t.device, t.backend, t.time_us AS tuned_us,
                d.time_us AS default_us, b.time_us AS baseline_us,
@@ -39,12 +42,15 @@ VIEWS = {
                b.time_us / t.time_us AS speedup_vs_baseline,
                t.vs_default_worst AS worst_draw_vs_default,
                CASE WHEN t.emitted THEN 'tuned' WHEN d.emitted THEN 'default' END AS emitted,
-               t.ok AS tuned_ok, t.rel_error AS tuned_rel_error
+               t.ok AS tuned_ok, t.rel_error AS tuned_rel_error,
+               x.time_us AS extended_us, coalesce(x.emitted, false) AS extended_emitted
         FROM comparisons t
         LEFT JOIN comparisons d ON d.key = t.key AND d.batch_size = t.batch_size AND d.device = t.device
                                    AND d.source = 'default'
         LEFT JOIN comparisons b ON b.key = t.key AND b.batch_size = t.batch_size AND b.device = t.device
                                    AND b.source = 'baseline'
+        LEFT JOIN comparisons x ON x.key = t.key AND x.batch_size = t.batch_size AND x.device = t.device
+                                   AND x.source = 'extended'
         WHERE t.source = 'tuned'""",
     # The winner's time of every version a (key, batch size, device) was tuned with: Triton, torch, kernel source.
     "versions": """
@@ -74,7 +80,7 @@ COMPARISONS_SCHEMA = {
     "hit_experts": "BIGINT",  # experts the routing sent tokens to (what the roofline floor counts)
     "draw_us": "DOUBLE[]",  # the median on each held-out routing draw; time_us is their mean
     "vs_default": "DOUBLE", "vs_default_worst": "DOUBLE",  # tuned rows: default / tuned, mean and worst draw
-    "emitted": "BOOLEAN",  # the engine file holds this source's config at this batch size
+    "emitted": "BOOLEAN",  # the engine file holds this source's config here (source extended: moekernel's own file)
 }
 
 SHAPES_SCHEMA = {
@@ -125,6 +131,7 @@ def build(db_path, shards: list, shapes: list[dict], comparisons: list | None = 
     try:
         con.execute(f"CREATE TABLE timings AS {_read_shards(shards, superseded)} "
                     "ORDER BY key, batch_size, device, current DESC, gemm, time_us NULLS LAST")
+        _add_missing_columns(con)
         _create_table(con, "shapes", shapes, SHAPES_SCHEMA)
         _create_table(con, "comparisons", _comparisons(comparisons or []), COMPARISONS_SCHEMA)
         meta_rows = [{"name": k, "value": str(v)} for k, v in sorted((meta or {}).items())]
@@ -136,6 +143,21 @@ def build(db_path, shards: list, shapes: list[dict], comparisons: list | None = 
         con.close()
     os.replace(tmp, db_path)
     return db_path
+
+
+def _add_missing_columns(con) -> None:
+    """Shards written before a column existed leave it out of ``timings`` when none has it: add it as nulls, so
+    the views (and the README's queries) work on any mix of old and new shards."""
+    import pyarrow as pa
+
+    from moekernel.tuning.shard import ADDED_COLUMNS, SCHEMA
+
+    sql_type = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN",
+                pa.list_(pa.float64()): "DOUBLE[]"}
+    present = {name for (name, *_) in con.execute("DESCRIBE timings").fetchall()}
+    for name in ADDED_COLUMNS:
+        if name not in present:
+            con.execute(f'ALTER TABLE timings ADD COLUMN "{name}" {sql_type[SCHEMA.field(name).type]}')
 
 
 def _comparisons(files: list) -> pd.DataFrame:

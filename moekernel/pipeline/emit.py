@@ -1,10 +1,13 @@
-"""Winners → engine config files (results/configs/*.json).
+"""Winners → engine config files (results/configs/*.json), and moekernel's own files beside them.
 
 One file per (E, N, device, dtype, block shape), keyed by batch size, formatted only by
 :func:`moekernel.configs.format_config_file` and named only by :func:`moekernel.configs.config_file_name`,
 so the bytes are the same whenever the data are. Split tuning's up configs go to the usual name and its
 down configs to the ``gemm="down"`` twin. In the pipeline the configs are the ones verify chose
-(:func:`emit_from_verify`: the tuned winner, or the default where the winner lost on held-out routing).
+(:func:`emit_from_verify`: the tuned winner, or the default where the winner lost on held-out routing). Where verify
+also chose a config with moekernel's own parameters (split-K) at some size, moekernel's own file
+(``…,moekernel.json``, :func:`moekernel.configs.extended_config_file_name`) holds every size of the engine file with
+those configs in place; moekernel's runtime reads it first, engines never see it.
 
 The file name carries neither K nor top-k: two kernel keys that differ only there would land in one
 file. That stops the run (:class:`EmitError`) instead of one silently overwriting the other.
@@ -138,11 +141,14 @@ def publish(texts: dict[str, str], out_dir) -> dict[str, list]:
 
 def emit_from_verify(shards: list, verify_files: list, out_dir) -> dict[str, list]:
     """The select step: at each (key, device, batch size) the config verify chose (``emitted``: the tuned winner, or
-    the default), as engine files; the shards give the Triton version. Returns :func:`publish`'s account."""
+    the default), as engine files, and moekernel's own file beside each engine file where verify chose a config with
+    moekernel's own parameters at some size (:func:`extended_texts`); the shards give the Triton version. Returns
+    :func:`publish`'s account."""
     con = database.open_shards(shards)
     versions = con.execute("SELECT DISTINCT key, triton_version FROM winners").df()
-    picked = [row for frame in map(pd.read_parquet, verify_files)
-              for row in frame[frame["emitted"].fillna(False).astype(bool)].itertuples(index=False)]
+    rows = [row for frame in map(pd.read_parquet, verify_files)
+            for row in frame[frame["emitted"].fillna(False).astype(bool)].itertuples(index=False)]
+    picked = [row for row in rows if row.source != "extended"]
     # A key tuned split (up and down apart) gets split files throughout: a default kept at some size drives both.
     split_keys = {row.key for row in picked if "up" in json.loads(row.config)}
     chosen = []
@@ -159,7 +165,29 @@ def emit_from_verify(shards: list, verify_files: list, out_dir) -> dict[str, lis
     for row in winners[winners["source"] == "default"].itertuples(index=False):
         log.info("%s on %s at batch size %d: the file holds the default config (see the comparisons table)",
                  row.key, row.device, row.batch_size)
-    return publish(file_texts(winners), out_dir)
+    texts = file_texts(winners)
+    texts.update(extended_texts(picked, [row for row in rows if row.source == "extended"], versions))
+    return publish(texts, out_dir)
+
+
+def extended_texts(engine_rows: list, extended_rows: list, versions: pd.DataFrame) -> dict[str, str]:
+    """moekernel's own files ({name: text}): per (key, device) with an ``extended`` row verify chose, every batch
+    size the engine file holds, with the extended config where verify chose one. (Where it chose none, the engine
+    file says everything and no own file is written; publish removes one an earlier run wrote.)"""
+    version = dict(zip(versions["key"], versions["triton_version"]))
+    chosen: dict[tuple, dict[int, dict]] = {}
+    for row in engine_rows:
+        chosen.setdefault((row.key, row.device), {})[int(row.batch_size)] = json.loads(row.config)
+    texts = {}
+    for (key, device), entries in sorted(chosen.items()):
+        better = {int(r.batch_size): json.loads(r.config) for r in extended_rows if (r.key, r.device) == (key, device)}
+        if not better:
+            continue
+        shape = KernelShape.from_key(key)
+        name = configs.extended_config_file_name(shape.E, shape.N, shape.config_dtype, shape.block_shape,
+                                                 device_name=configs.engine_device_name(device))
+        texts[name] = configs.format_extended_config_file({**entries, **better}, version.get(key))
+    return texts
 
 
 def emit_from_shards(shards: list, out_dir) -> list[Path]:

@@ -11,7 +11,9 @@ shards'), the sources taking turns; each output is checked against the float32 r
 A winner fitted to the tuner's draws can lose elsewhere: where tuned is slower than the default by more than
 ``max_loss`` on any held-out draw (worst default/tuned ratio below 1 - max_loss), the engine file holds the default
 for that size. The ``emitted`` column says which config the file holds; ``vs_default``/``vs_default_worst`` the
-mean and worst default/tuned ratios. Rows go to the database's ``comparisons`` table; in the Triton interpreter
+mean and worst default/tuned ratios. Where the tuner found a faster config with moekernel's own parameters
+(``extended``: a split-K variant of the winner), it is timed too, and its ``emitted`` says whether moekernel's own
+config file holds it (:func:`decide`); an engine file never can. Rows go to the database's ``comparisons`` table; in the Triton interpreter
 the timings are meaningless and rows say so in ``note``.
 """
 
@@ -50,6 +52,28 @@ def winners_by_size(shards: list) -> dict[int, dict]:
     return found
 
 
+def extended_by_size(shards: list) -> dict[int, dict]:
+    """{batch size: the tuner's extended winner} from a key's shards, where it differs from the engine winner (a
+    split-K variant): its six parameters and SPLIT_K, or {"up":, "down":} (split)."""
+    from moekernel.pipeline import database
+
+    con = database.open_shards(shards)
+    columns = {name for (name, *_) in con.execute("DESCRIBE timings").fetchall()}
+    if "extended_winner" not in columns:  # shards from before the split-K search: none
+        return {}
+    rows = con.execute("SELECT * FROM timings WHERE extended_winner ORDER BY batch_size, gemm").df()
+    found: dict[int, dict] = {}
+    for row in rows.itertuples(index=False):
+        config = {p: int(getattr(row, p)) for p in PARAMS}
+        if int(row.SPLIT_K or 1) != 1:
+            config["SPLIT_K"] = int(row.SPLIT_K)
+        if row.gemm == "both":
+            found[int(row.batch_size)] = config
+        else:
+            found.setdefault(int(row.batch_size), {})[row.gemm] = config
+    return {m: c for m, c in found.items() if "SPLIT_K" in c or "SPLIT_K" in c.get("down", {})}
+
+
 def load_file_configs(shape: KernelShape, folder, device_name: str) -> dict[int, dict] | None:
     """The configs of ``shape`` in ``folder`` exactly (no fallback to shipped files), or None."""
     from moekernel import configs
@@ -76,6 +100,7 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
     shape = KernelShape.from_key(key)
     bound = shape.info.rel_error_bound  # the tuner's own bound: a winner it accepted passes here
     tuned = winners_by_size(list(shards.values()))
+    extended = extended_by_size(list(shards.values()))
     baseline = load_file_configs(shape, baseline_dir, gpu) if baseline_dir is not None else None
     base = {"key": key, "device": gpu, "backend": backend}
     note = INTERPRETER_NOTE if backend == "interpret" else None
@@ -86,6 +111,8 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
                                                     shape.block_shape), None)}
         if M in tuned:
             found["tuned"] = (tuned[M], M)
+        if M in extended:
+            found["extended"] = (extended[M], M)
         if baseline:
             m = configs.nearest_batch_size(baseline, M)
             found["baseline"] = (baseline[m], m)
@@ -167,7 +194,31 @@ def describe(rows: pd.DataFrame) -> str:
 
 def decide(results: dict[str, dict], max_loss: float) -> None:
     """Mark which config the engine file holds at this batch size: the tuned one, unless it is wrong, missing, or
-    slower than the default by more than ``max_loss`` on some held-out draw."""
+    slower than the default by more than ``max_loss`` on some held-out draw. Then whether moekernel's own file
+    holds the extended winner (``emitted`` of the ``extended`` row): where it is correct, faster on average than
+    what the engine file holds and never slower by more than ``max_loss`` on a held-out draw; else it holds what the
+    engine file holds."""
+    _decide_engine(results, max_loss)
+    extended = results.get("extended")
+    if extended is None:
+        return
+    extended["emitted"] = False
+    engine = next(row for source, row in results.items() if source != "extended" and row.get("emitted"))
+    if not extended.get("ok") or extended.get("time_us") is None or engine.get("time_us") is None:
+        return
+    default = results["default"]
+    if default.get("time_us") is not None:
+        extended["vs_default"] = default["time_us"] / extended["time_us"]
+        extended["vs_default_worst"] = min(d / t for d, t in zip(default["draw_us"], extended["draw_us"]))
+    ratios = [e / t for e, t in zip(engine["draw_us"], extended["draw_us"])]
+    extended["emitted"] = engine["time_us"] > extended["time_us"] and min(ratios) >= 1 - max_loss
+    if not extended["emitted"]:
+        extended["note"] = _join(extended["note"], f"moekernel's own file holds the {engine['source']} config: this "
+                                                   f"one was {engine['time_us'] / extended['time_us']:.3f}x its "
+                                                   f"speed on average, {min(ratios):.3f}x on its worst draw")
+
+
+def _decide_engine(results: dict[str, dict], max_loss: float) -> None:
     tuned, default = results.get("tuned"), results["default"]
     default["emitted"] = True
     if tuned is None:
