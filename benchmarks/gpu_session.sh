@@ -67,6 +67,10 @@ for stage in "$@"; do
           printf 'models: [%s]\ntp_sizes: [2]\ndtypes: [bf16]\nbaseline_configs: %s\n' "$models" "${baseline:-null}" > "$WORK/$stage.yaml"
           cold run $stage snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run" --configfile "$WORK/$stage.yaml" --cores 16
           run $stage-rerun snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run" --configfile "$WORK/$stage.yaml" --cores 16 -n ;;
+    # The pipeline for Mixtral-8x7B tp=2 in bf16 and fp8 (w8a8), all 18 sizes, from an empty Triton cache: engine
+    # files and, where the split-K search pays, moekernel's own files (bench8 then benches both).
+    pipeline-two-dtypes) printf 'models: [mixtral-8x7b]\ntp_sizes: [2]\ndtypes: [bf16, fp8_w8a8]\nbaseline_configs: %s\n' "$PWD/benchmarks/vllm-h200-configs" > "$WORK/$stage.yaml"
+          cold run $stage snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run" --configfile "$WORK/$stage.yaml" --cores 16 ;;
     # A second key (Mixtral tp=4) at BATCHES, seeded from the first key's shards and not, each from an empty cache;
     # then both sets of winners side by side in one bench run.
     seeded) K4=E8-N3584-K4096-top2-bf16; B=${BATCHES:-1,16,64,256,1024,4096}
