@@ -1,10 +1,10 @@
 """The tuning pipeline's logic; the Snakefile, rules/ and scripts/ only wire it into Snakemake.
 
     plan      config.yaml → validated config, kernel keys, the tune jobs and their settings
-    jobs      what the GPU jobs do around the tuner and verify (a GPU each, a fresh process to resume)
+    jobs      a tune job: its GPU, the planned software, one warm child process that tunes then verifies
     gpus      the per-machine lock pool that gives each GPU job its own GPU
-    emit      winners → engine config files
-    verify    the emitted files checked against the reference and timed against the default
+    emit      verify's choices → engine config files (and moekernel's own files where split-K pays)
+    verify    winners re-timed against the default (and baseline) on held-out routing: what each file holds
     database  results/tuning.duckdb: tables and views
     report    plots (speedup, fraction of the roofline)
 
