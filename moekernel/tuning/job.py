@@ -77,7 +77,8 @@ class TuneJob:
             "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
             "batch_size": self.M, "status": "pruned", "time_us": None, "p20_us": None, "p80_us": None,
             "iters": None, "compile_s": None, "draw_us": None, "mean_us": None, "worst_us": None, "error": None,
-            "SPLIT_K": 1, "winner": False, "extended_winner": False, "verified": False, "device": device, "backend": self.backend, **provenance.versions(),
+            "SPLIT_K": 1, "winner": False, "extended_winner": False, "verified": False, "device": device,
+            "backend": self.backend, **provenance.versions(),
             "kernel_hash": provenance.kernel_hash(), **self.settings.columns(), "seeded_from": self.seeded_from,
             "timestamp": now(),
         }  # fmt: skip
