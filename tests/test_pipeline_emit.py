@@ -123,7 +123,8 @@ def test_a_split_k_winner_goes_to_moekernels_own_file_and_never_to_the_engine_fi
     engine = [{"batch_size": 1, "source": "tuned", "emitted": True, "config": json.dumps(cfg(16, 128))},
               {"batch_size": 4, "source": "default", "emitted": True, "config": json.dumps(cfg(16))}]
     extended = [{"batch_size": 1, "source": "extended", "emitted": True, "config": json.dumps(split)},
-                {"batch_size": 4, "source": "extended", "emitted": False, "config": json.dumps({**cfg(16), "SPLIT_K": 4})}]
+                {"batch_size": 4, "source": "extended", "emitted": False,
+                 "config": json.dumps({**cfg(16), "SPLIT_K": 4})}]
     out = tmp_path / "configs"
     done = emit.emit_from_verify([shard], [verify_file(engine + extended)], out)
     own = "E=8,N=7168,device_name=NVIDIA_H200.moekernel.json"

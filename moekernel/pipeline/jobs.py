@@ -107,8 +107,9 @@ def tune(gpu: str, key: str, batch_sizes: list[int], record: str, verified: str,
         raise WrongPlace(f"{key}: nothing was timed (see the line above)")
     if rc:
         raise SystemExit(f"the tune job's process exited {rc} for {key} (see the lines above)")
+    shards = {m: out.replace("{batch_size}", str(m)) for m in batch_sizes}
     write_record(record, {
-        "gpu": gpu, "key": key, "batch_sizes": list(batch_sizes), "shards": {m: out.replace("{batch_size}", str(m)) for m in batch_sizes},
+        "gpu": gpu, "key": key, "batch_sizes": list(batch_sizes), "shards": shards,
         "superseded": [str(p) for p in shard_io.superseded_shards(folder)], "settings": settings.as_dict(),
         "software": software, "host": socket.gethostname(),
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
