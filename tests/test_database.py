@@ -113,3 +113,19 @@ def test_shards_from_before_the_split_k_search_still_build(tmp_path, sources):
     assert con.execute("SELECT count(*) FROM winners").fetchone()[0] == 1
     assert con.execute("SELECT count(*) FROM extended_winners").fetchone()[0] == 0
     assert con.execute("SELECT count(*) FROM speedup").fetchone()[0] == 2
+
+
+def test_the_end_of_run_summary_counts_moekernels_own_files_apart(tmp_path, sources):
+    from moekernel.pipeline.summary import summary
+
+    shards, shapes, comparisons = sources
+    extended = tmp_path / "extended.parquet"
+    pd.DataFrame([{"key": KEY, "batch_size": 1, "source": "extended", "time_us": 9.0, "ok": True, "emitted": True,
+                   "config": "{}", "device": "NVIDIA_H100_80GB_HBM3", "backend": "cuda"}]).to_parquet(extended)
+    path = database.build(tmp_path / "s.duckdb", shards, shapes, comparisons + [extended])
+    selected = tmp_path / "selected.json"
+    selected.write_text('{"written": ["E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json", '
+                        '"E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.moekernel.json"], "unchanged": []}')
+    text = summary(path, selected, tmp_path / "configs")
+    assert "1 engine config file(s) in" in text and "and 1 of moekernel's own" in text
+    assert "moekernel's own file splits the down GEMM at 1 size(s)" in text

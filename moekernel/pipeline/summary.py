@@ -7,11 +7,14 @@ from pathlib import Path
 
 import duckdb
 
+from moekernel.configs import EXTENDED_SUFFIX
+
 SPEEDUPS = """
     SELECT key, device, backend, count(*) AS sizes,
            exp(avg(ln(default_us / CASE WHEN emitted = 'tuned' THEN tuned_us ELSE default_us END))) AS geomean,
            min(default_us / CASE WHEN emitted = 'tuned' THEN tuned_us ELSE default_us END) AS worst,
-           count(*) FILTER (WHERE emitted = 'default') AS default_sizes
+           count(*) FILTER (WHERE emitted = 'default') AS default_sizes,
+           count(*) FILTER (WHERE extended_emitted) AS split_sizes
     FROM speedup WHERE tuned_us IS NOT NULL AND default_us IS NOT NULL
     GROUP BY key, device, backend ORDER BY device, key"""
 
@@ -25,7 +28,10 @@ def summary(db_path, selected_path, configs_dir) -> str:
     except (OSError, ValueError):
         selected = {}
     files = sorted(selected.get("written", []) + selected.get("unchanged", []))
-    lines.append(f"moekernel: {len(files)} engine config file(s) in {configs_dir}/"
+    own = [name for name in files if name.endswith(EXTENDED_SUFFIX)]
+    lines.append(f"moekernel: {len(files) - len(own)} engine config file(s) in {configs_dir}/"
+                 + (f" and {len(own)} of moekernel's own (split-K where it pays; only moekernel reads them)"
+                    if own else "")
                  + (f" ({len(selected.get('written', []))} written this run)" if files else ""))
     for name in files:
         lines.append(f"  {name}")
@@ -40,9 +46,10 @@ def summary(db_path, selected_path, configs_dir) -> str:
             con.close()
     except duckdb.Error:
         rows = []
-    for key, device, backend, sizes, geomean, worst, default_sizes in rows:
+    for key, device, backend, sizes, geomean, worst, default_sizes, split_sizes in rows:
         interpreted |= backend == "interpret"
         held = f"; {default_sizes} size(s) keep the default" if default_sizes else ""
+        held += f"; moekernel's own file splits the down GEMM at {split_sizes} size(s)" if split_sizes else ""
         lines.append(f"  {key} on {device}: {geomean:.2f}x the default config (geomean over {sizes} batch sizes, "
                      f"worst {worst:.2f}x, on held-out routing){held}")
     if interpreted:
