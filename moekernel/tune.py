@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .backend import command_backend
     from .shapes import KernelShape
-    from .tuning import EXIT_RESUME, ContextPoisoned, TuneSettings
+    from .tuning import TuneSettings
     from .tuning.tuner import interpreter_refusal, shard_paths
 
     try:  # fail fast, before anything is measured (tune_batch_sizes checks that every --out can be written)
@@ -96,25 +96,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile_only:
         return _compile_only(args, settings)
 
-    from .tuning import tune_batch_sizes
+    return run(args.key, args.batch_size, settings, out=args.out, jobs=args.jobs, seed_from=args.seed_from,
+               seed_keys=args.seed_keys, quiet=args.quiet)
+
+
+def run(key: str, batch_sizes: list[int], settings, *, out, jobs: int | None, seed_from=(), seed_keys=None,
+        quiet: bool) -> int:
+    """Tune ``key`` at ``batch_sizes`` in this process, as the command does (also the pipeline's tune job): the
+    exit status above, a summary line per batch size on stderr, and a checkpoint written when SIGTERM arrives."""
+    from .tuning import EXIT_RESUME, ContextPoisoned, tune_batch_sizes
 
     # A cancelled job (Snakemake, Slurm) gets SIGTERM: unwind, so the checkpoint is written on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     start = time.monotonic()
     try:
-        frames = tune_batch_sizes(args.key, args.batch_size, settings, out=args.out, jobs=args.jobs,
-                                  seed_from=args.seed_from, seed_keys=args.seed_keys, progress=not args.quiet)
+        frames = tune_batch_sizes(key, batch_sizes, settings, out=out, jobs=jobs, seed_from=seed_from,
+                                  seed_keys=seed_keys, progress=not quiet)
     except ContextPoisoned as exc:
         print(f"moekernel.tune: {exc}", file=sys.stderr)
         return EXIT_RESUME
     except ValueError as exc:  # bad routing file, seed shard, unwritable --out...: say what, without a traceback
         print(f"moekernel.tune: error: {exc}", file=sys.stderr)
         return 2
-    if args.quiet:
+    if quiet:
         for frame in frames.values():
             print(frame.attrs["summary"], file=sys.stderr)
     if len(frames) > 1:
-        print(f"{args.key}: {len(frames)} batch sizes in {time.monotonic() - start:.1f} s", file=sys.stderr)
+        print(f"{key}: {len(frames)} batch sizes in {time.monotonic() - start:.1f} s", file=sys.stderr)
     return 0
 
 

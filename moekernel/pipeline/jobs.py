@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -99,7 +98,7 @@ def tune(gpu: str, key: str, batch_sizes: list[int], record: str, verified: str,
     if settings.backend == "interpret":
         env["TRITON_INTERPRET"] = "1"  # before the child defines its kernels
     for attempt in range(1, TUNE_ATTEMPTS + 1):
-        rc = subprocess.run(command, env=env).returncode  # its output goes to this job's log (our stderr)
+        rc = subprocess.run(command, env=env, check=False).returncode  # its output goes to our stderr: the log
         if rc != EXIT_RESUME:
             break
         log.warning("attempt %d: a CUDA error broke the tuner's context; resuming from its checkpoint", attempt)
@@ -119,8 +118,9 @@ def tune(gpu: str, key: str, batch_sizes: list[int], record: str, verified: str,
 def main(argv: list[str] | None = None) -> int:
     """The tune job's child process: ``python -m moekernel.pipeline.jobs SPEC`` (SPEC: the JSON :func:`tune` builds)."""
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    from moekernel import tune as tune_command
     from moekernel.pipeline import verify
-    from moekernel.tuning import EXIT_RESUME, ContextPoisoned, TuneSettings, tune_batch_sizes
+    from moekernel.tuning import TuneSettings
 
     settings = TuneSettings(**spec["settings"])
     key, gpu = spec["key"], spec["gpu"]
@@ -129,18 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except WrongPlace as exc:
         print(f"moekernel: {exc}", file=sys.stderr)
         return EXIT_WRONG_PLACE
-    # A cancelled job (Snakemake, Slurm) gets SIGTERM: unwind, so the tuner's checkpoint is written on the way out.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    start = time.monotonic()
-    try:
-        frames = tune_batch_sizes(key, spec["batch_sizes"], settings, out=spec["out"], jobs=spec["jobs"],
-                                  seed_keys=spec["seed_keys"], progress=False)
-    except ContextPoisoned as exc:
-        print(f"moekernel.tune: {exc}", file=sys.stderr)
-        return EXIT_RESUME
-    for frame in frames.values():
-        print(frame.attrs["summary"], file=sys.stderr)
-    print(f"{key}: {len(frames)} batch sizes tuned in {time.monotonic() - start:.1f} s", file=sys.stderr)
+    rc = tune_command.run(key, spec["batch_sizes"], settings, out=spec["out"], jobs=spec["jobs"],
+                          seed_keys=spec["seed_keys"], quiet=True)
+    if rc:
+        return rc
 
     start = time.monotonic()
     shards = {m: spec["out"].replace("{batch_size}", str(m)) for m in spec["batch_sizes"]}

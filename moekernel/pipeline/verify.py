@@ -136,7 +136,7 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
         # Sources with the same config (the tuned winner is often the default, or the baseline's) are one
         # measurement: timed once per draw, shared by their rows.
         by_config: dict[str, list[dict]] = {}
-        for source, row in results.items():
+        for row in results.values():
             by_config.setdefault(row["config"], []).append(row)
         ref = fused_experts_ref(**held_out[0].kwargs())
         for d, draw_inputs in enumerate(held_out):
@@ -187,7 +187,7 @@ def write(rows: pd.DataFrame, path) -> None:
 
 def describe(rows: pd.DataFrame) -> str:
     """``54 rows, 0 not ok, 3 size(s) keep the default``."""
-    not_ok = int((rows["ok"] == False).sum())  # noqa: E712 - a nullable column: None is neither
+    not_ok = int((rows["ok"] == False).sum())  # a nullable column: None is neither
     kept = int(((rows["source"] == "default") & rows["emitted"].fillna(False)).sum())
     return f"{len(rows)} rows, {not_ok} not ok, {kept} size(s) keep the default"
 
