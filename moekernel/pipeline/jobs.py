@@ -106,7 +106,7 @@ def tune(gpu: str, key: str, batch_sizes: list[int], record: str, verified: str,
         raise WrongPlace(f"{key}: nothing was timed (see the line above)")
     if rc:
         raise SystemExit(f"the tune job's process exited {rc} for {key} (see the lines above)")
-    shards = {m: out.replace("{batch_size}", str(m)) for m in batch_sizes}
+    shards = shard_files(out, batch_sizes)
     write_record(record, {
         "gpu": gpu, "key": key, "batch_sizes": list(batch_sizes), "shards": shards,
         "superseded": [str(p) for p in shard_io.superseded_shards(folder)], "settings": settings.as_dict(),
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc
 
     start = time.monotonic()
-    shards = {m: spec["out"].replace("{batch_size}", str(m)) for m in spec["batch_sizes"]}
+    shards = shard_files(spec["out"], spec["batch_sizes"])
     v = spec["verify"]
     rows = verify.verify_key(gpu, key, shards, routing=settings.routing, seed=settings.seed, iters=settings.iters,
                              draws=v["draws"], max_loss=v["max_loss"], baseline_dir=v["baseline"],
@@ -143,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     verify.write(rows, spec["verified"])
     print(f"{key}: verified in {time.monotonic() - start:.1f} s: {verify.describe(rows)}", file=sys.stderr)
     return 0
+
+
+def shard_files(out: str, batch_sizes: list[int]) -> dict[int, str]:
+    """{batch size: its shard's path} under the tuner's ``{batch_size}`` pattern (moekernel.tuning.tuner.shard_paths)."""
+    from moekernel.tuning.tuner import shard_paths
+
+    return {m: str(path) for m, path in shard_paths(out, batch_sizes).items()}
 
 
 def write_record(path, record: dict) -> None:

@@ -41,15 +41,7 @@ def winners_by_size(shards: list) -> dict[int, dict]:
     """{batch size: the tuner's winning config} from a key's shards: six parameters, or {"up":, "down":} (split)."""
     from moekernel.pipeline import database
 
-    con = database.open_shards(shards)
-    found: dict[int, dict] = {}
-    for row in con.execute("SELECT * FROM winners ORDER BY batch_size, gemm").df().itertuples(index=False):
-        config = {p: int(getattr(row, p)) for p in PARAMS}
-        if row.gemm == "both":
-            found[int(row.batch_size)] = config
-        else:
-            found.setdefault(int(row.batch_size), {})[row.gemm] = config
-    return found
+    return _configs_by_size(database.open_shards(shards), "SELECT * FROM winners ORDER BY batch_size, gemm")
 
 
 def extended_by_size(shards: list) -> dict[int, dict]:
@@ -61,17 +53,23 @@ def extended_by_size(shards: list) -> dict[int, dict]:
     columns = {name for (name, *_) in con.execute("DESCRIBE timings").fetchall()}
     if "extended_winner" not in columns:  # shards from before the split-K search: none
         return {}
-    rows = con.execute("SELECT * FROM timings WHERE extended_winner ORDER BY batch_size, gemm").df()
+    found = _configs_by_size(con, "SELECT * FROM timings WHERE extended_winner ORDER BY batch_size, gemm")
+    return {m: c for m, c in found.items() if "SPLIT_K" in c or "SPLIT_K" in c.get("down", {})}
+
+
+def _configs_by_size(con, sql: str) -> dict[int, dict]:
+    """{batch size: config} from shard rows: a ``both`` row's config, or {"up":, "down":}; SPLIT_K where not 1."""
     found: dict[int, dict] = {}
-    for row in rows.itertuples(index=False):
+    for row in con.execute(sql).df().itertuples(index=False):
         config = {p: int(getattr(row, p)) for p in PARAMS}
-        if int(row.SPLIT_K or 1) != 1:
-            config["SPLIT_K"] = int(row.SPLIT_K)
+        split = getattr(row, "SPLIT_K", None)  # absent from shards written before the split-K search
+        if split is not None and not pd.isna(split) and int(split) != 1:
+            config["SPLIT_K"] = int(split)
         if row.gemm == "both":
             found[int(row.batch_size)] = config
         else:
             found.setdefault(int(row.batch_size), {})[row.gemm] = config
-    return {m: c for m, c in found.items() if "SPLIT_K" in c or "SPLIT_K" in c.get("down", {})}
+    return found
 
 
 def load_file_configs(shape: KernelShape, folder, device_name: str) -> dict[int, dict] | None:
