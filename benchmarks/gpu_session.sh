@@ -35,6 +35,9 @@ for stage in "$@"; do
     # vLLM's shipped H200 file on our kernel, one run.
     bench-split) run bench-split python3 -m moekernel.bench --batch-sizes "${BATCHES:-1,2,4,8,16,32,64}" \
              --configs benchmarks/vllm-h200-configs --skip-torch --markdown --json "$WORK/bench-split.json" ;;
+    # Which TMA modes and tiles pay on each shape, against vLLM's H200 file or the default (KEYS comma-separated).
+    tma-probe) run tma-probe python3 benchmarks/tma_probe.py ${KEYS:+--keys "$KEYS"} ${BATCHES:+--batch-sizes "$BATCHES"} \
+             --json "$WORK/tma-probe.json" ;;
     bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-bf16.json" ;;
     bench-fp8) run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-fp8.json" ;;
     # fast and exhaustive at each of BATCHES, each run from an empty Triton cache (pairs: both, M by M). A shard

@@ -3,8 +3,8 @@
 The rule follows how the tuned tables move with the tokens each expert receives (M * topk / E): small row
 blocks and deep K steps while the GEMMs are weight-bandwidth bound, then large square-ish tiles once they are
 compute bound. It is checked against the engines' own default (``engine_default_config``) in BENCHMARKS.md.
-With ``extended=True`` it may also split the down GEMM's reduction (SPLIT_K, :func:`down_split_k`), a parameter
-the engines' files cannot hold.
+With ``extended=True`` it also loads tiles by TMA (:func:`default_tma`) and may split the down GEMM's reduction
+(SPLIT_K, :func:`down_split_k`), parameters the engines' files cannot hold.
 
 The launch parameters themselves, and the values the kernel accepts, are moekernel.launch_params'.
 """
@@ -12,7 +12,7 @@ The launch parameters themselves, and the values the kernel accepts, are moekern
 from __future__ import annotations
 
 from .dtypes import info as dtype_info
-from .launch_params import DOWN_ONLY_PARAMS
+from .launch_params import DOWN_ONLY_PARAMS, TMA_BOTH, TMA_OFF, TMA_WEIGHTS, tma_problem
 
 #: Streaming multiprocessors of an H100/H200 SXM: the wave of programs the split-K rule fills.
 HOPPER_SMS = 132
@@ -20,6 +20,10 @@ HOPPER_SMS = 132
 MIN_SPLIT_K_STEPS = 4
 #: The most the split's extra traffic (float32 partials added, zeroed, read back) may be of the weights' bytes.
 MAX_SPLIT_K_TRAFFIC = 1 / 16
+
+#: Tokens per expert from which the default loads activations by TMA too (16-bit, wide experts: see default_tma).
+TMA_BOTH_TOKENS_PER_EXPERT = 256
+TMA_BOTH_MIN_N = 2048
 
 #: Opt-in shared memory per block on Hopper (H100/H200): the limit when the device cannot be asked, and the one the
 #: interpreter prunes with, so pruning on a CPU behaves as on the GPU the results are meant for.
@@ -77,10 +81,31 @@ def default_config(M: int, E: int, N: int, K: int, topk: int, dtype: str | None 
     cfg["BLOCK_SIZE_N"] = max(32, min(cfg["BLOCK_SIZE_N"], _pow2_at_least(min(2 * N, K))))
     while cfg["num_stages"] > 2 and smem_upper_bound(cfg, facts.act_bytes, facts.weight_bytes) > HOPPER_SMEM_BYTES:
         cfg["num_stages"] -= 1
-    split_k = down_split_k(M, E, N, K, topk, cfg, dtype) if extended else 1
+    if not extended:
+        return cfg
+    cfg["TMA"] = default_tma(M, E, N, K, topk, dtype)
+    split_k = down_split_k(M, E, N, K, topk, cfg, dtype)
     if split_k == 1:
         return cfg
     return {"up": cfg, "down": dict(cfg, SPLIT_K=split_k)}
+
+
+def default_tma(M: int, E: int, N: int, K: int, topk: int, dtype: str | None = None) -> int:
+    """TMA for both GEMMs: the weights by TMA wherever their rows allow it; the activations too for 16-bit
+    dtypes once each expert gets TMA_BOTH_TOKENS_PER_EXPERT tokens and N is at least TMA_BOTH_MIN_N.
+
+    Measured on the H200 (benchmarks/tma_probe.py, BENCHMARKS.md 2026-12-01 third session), each against the same
+    six parameters without TMA: weights by TMA 1.00-1.05x at every size and shape probed, up to 1.16x at large M;
+    activations too 1.14-1.26x for Mixtral bf16 at M >= 1024, but slower for fp8 and for Qwen3-30B-A3B (N=384),
+    where gathering the activations into expert order (a pass over M x topk x K) weighs against GEMMs only 2N
+    wide."""
+    facts = dtype_info(dtype or "bf16")
+    wide_16bit = facts.act_bytes == 2 and N >= TMA_BOTH_MIN_N
+    tma = TMA_BOTH if wide_16bit and M * topk / max(E, 1) >= TMA_BOTH_TOKENS_PER_EXPERT else TMA_WEIGHTS
+    for choice in (tma, TMA_WEIGHTS):
+        if tma_problem(choice, "both", N, K, facts.act_bytes, facts.weight_bytes) is None:
+            return choice
+    return TMA_OFF
 
 
 def down_split_k(M: int, E: int, N: int, K: int, topk: int, down: dict, dtype: str | None = None) -> int:

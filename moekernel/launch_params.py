@@ -15,8 +15,13 @@ from dataclasses import dataclass
 #: The engines' launch parameters, in the order their files list them.
 PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 #: moekernel's launch parameters beyond the engines' six, with the default that means "as the engines' kernel":
-#: SPLIT_K, programs per down-GEMM output tile, each reducing a contiguous slice of N (a power of two).
-EXTENDED_PARAMS = {"SPLIT_K": 1}
+#: SPLIT_K, programs per down-GEMM output tile, each reducing a contiguous slice of N (a power of two);
+#: TMA, how a GEMM loads its tiles: 0 pointer loads (the engines' kernel), 1 the weights through a TMA descriptor,
+#: 2 the activations too (from an expert-sorted copy: gathered before the up GEMM; for the down GEMM the up GEMM
+#: writes the intermediate in that order).
+EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0}
+#: The TMA values, by name.
+TMA_OFF, TMA_WEIGHTS, TMA_BOTH = 0, 1, 2
 #: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
 #: a config for both GEMMs applies them to the down GEMM, and an "up" config must leave them at their default.
 DOWN_ONLY_PARAMS = ("SPLIT_K",)
@@ -62,6 +67,8 @@ RULES: dict[str, Rule] = {
     "num_warps": Rule(choices=(1, 2, 4, 8, 16)),
     "num_stages": Rule(1, why="1: no software pipelining"),
     "SPLIT_K": Rule(1, power_of_two=True, why="1: no split"),
+    "TMA": Rule(0, choices=(TMA_OFF, TMA_WEIGHTS, TMA_BOTH),
+                why="0: pointer loads, 1: weights by TMA, 2: weights and activations by TMA"),
 }
 
 #: The up GEMM's tile holds the gate and the up halves of w1, BLOCK_SIZE_N // 2 rows each, each a dot of its own.
@@ -87,6 +94,22 @@ def problems(config: Mapping[str, int], gemm: str) -> list[str]:
     table = rules(gemm)
     return [f"{p}={config[p]!r}: must be {table[p].describe()}" for p in ALL_PARAMS
             if p in config and not table[p].allows(config[p])]
+
+
+def tma_problem(tma: int, gemm: str, N: int, K: int, act_bytes: int, weight_bytes: int) -> str | None:
+    """Why the GEMM(s) ``gemm`` drives cannot load by TMA at ``tma`` on this shape, or None: a descriptor's rows
+    must be 16-byte multiples. The up GEMM's rows (x and w1) are K long, the down GEMM's (the intermediate and
+    w2) N long; TMA_WEIGHTS needs only the weights' rows to fit."""
+    if tma == TMA_OFF:
+        return None
+    lengths = {"up": K, "down": N}
+    for side in (("up", "down") if gemm == "both" else (gemm,)):
+        tensors = [("weight", weight_bytes)] + ([("activation", act_bytes)] if tma == TMA_BOTH else [])
+        for what, size in tensors:
+            if lengths[side] * size % 16:
+                return (f"TMA={tma}: the {side} GEMM's {what} rows are {lengths[side]} x {size} bytes, not a "
+                        "multiple of 16 (a TMA descriptor needs that)")
+    return None
 
 
 def block_k_problem(block_size_k: int, block_k: int) -> str | None:

@@ -81,7 +81,7 @@ def test_default_may_split_k_and_default_six_keeps_the_engines_parameters():
     extended, _ = bench_sources.Source("default", "heuristic", "default").config(mixtral, 1)
     six, _ = bench_sources.Source("default-six", "heuristic", "default-six").config(mixtral, 1)
     assert extended["down"]["SPLIT_K"] > 1 and set(six) == set(PARAMS)
-    assert extended["up"] == six
+    assert extended["up"] == dict(six, TMA=1)
 
 
 def test_key_excludes_explicit_shape_options():

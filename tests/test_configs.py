@@ -67,7 +67,7 @@ def test_search_order_folders_then_env_then_shipped(tmp_path, monkeypatch):
 def test_get_config_uses_tuned_file_else_default(tmp_path, monkeypatch):
     monkeypatch.setattr(configs, "_current_device_name", lambda: "D")
     monkeypatch.setenv(configs.ENV_FOLDER, str(tmp_path))
-    assert configs.get_config(64, 4, 64, 128, 2) == default_config(64, 4, 64, 128, 2)
+    assert configs.get_config(64, 4, 64, 128, 2) == default_config(64, 4, 64, 128, 2, extended=True)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
     configs.write_config_file(tmp_path / configs.config_file_name(4, 64, device_name="D"), {16: cfg, 256: dict(cfg, BLOCK_SIZE_M=64)})
     configs._cached_configs.cache_clear()
@@ -122,8 +122,8 @@ def test_extended_file_round_trip_holds_every_parameter_of_both_gemms(tmp_path):
     assert name == "E=8,N=7168,device_name=NVIDIA_H200.moekernel.json"
     assert not configs.is_engine_file_name(name)
     assert configs.is_engine_file_name(configs.config_file_name(8, 7168, device_name="NVIDIA_H200"))
-    table = {1: dict(CFG, SPLIT_K=2),  # one dict for both GEMMs: SPLIT_K is the down GEMM's
-             2: {"up": CFG, "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4)},
+    table = {1: dict(CFG, SPLIT_K=2, TMA=1),  # one dict for both GEMMs: SPLIT_K is the down GEMM's, TMA both's
+             2: {"up": dict(CFG, TMA=2), "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4)},
              64: dict(CFG, BLOCK_SIZE_M=64)}
     a = configs.write_extended_config_file(tmp_path / name, table, triton_version="3.6.0")
     b = configs.write_extended_config_file(tmp_path / "b.json", dict(reversed(table.items())), triton_version="3.6.0")
@@ -132,13 +132,14 @@ def test_extended_file_round_trip_holds_every_parameter_of_both_gemms(tmp_path):
     assert list(data) == ["format", "version", "triton_version", "configs"] and data["version"] == 1
     assert list(data["configs"]["1"]["down"]) == list(ALL_PARAMS)
     loaded = configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])
-    assert loaded[1] == {"up": dict(CFG, SPLIT_K=1), "down": dict(CFG, SPLIT_K=2)}
-    assert loaded[2]["down"] == dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4)
+    assert loaded[1] == {"up": dict(CFG, SPLIT_K=1, TMA=1), "down": dict(CFG, SPLIT_K=2, TMA=1)}
+    assert loaded[2] == {"up": dict(CFG, SPLIT_K=1, TMA=2), "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4, TMA=0)}
     assert loaded[64]["up"] == loaded[64]["down"] == dict(CFG, BLOCK_SIZE_M=64, **EXTENDED_PARAMS)
     # A file written before an extended parameter existed reads as its default.
-    del data["configs"]["1"]["down"]["SPLIT_K"]
+    del data["configs"]["1"]["down"]["SPLIT_K"], data["configs"]["1"]["down"]["TMA"]
     a.write_text(json.dumps(data))
-    assert configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])[1]["down"]["SPLIT_K"] == 1
+    old = configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])[1]["down"]
+    assert (old["SPLIT_K"], old["TMA"]) == (1, 0)
 
 
 def test_lookup_reads_our_own_file_before_the_engine_file(tmp_path, monkeypatch):
@@ -188,7 +189,7 @@ def test_default_splits_the_down_gemm_only_where_its_grid_is_small():
     six = default_config(1, *MIXTRAL_TP2)
     extended = default_config(1, *MIXTRAL_TP2, extended=True)
     # 2 experts x 4096 / 128 columns = 64 programs for 132 SMs: two splits of 28 K steps each.
-    assert extended == {"up": six, "down": dict(six, SPLIT_K=2)}
+    assert extended == {"up": dict(six, TMA=1), "down": dict(six, SPLIT_K=2, TMA=1)}
     assert down_split_k(1, *MIXTRAL_TP2, six) == 2
     # A split shorter than MIN_SPLIT_K_STEPS K steps does not pay: N=256 is two steps of 128.
     assert down_split_k(1, 8, 256, 4096, 2, six) == 1
@@ -197,11 +198,22 @@ def test_default_splits_the_down_gemm_only_where_its_grid_is_small():
 @pytest.mark.parametrize("shape", [MIXTRAL_TP2, (8, 1792, 4096, 2), (128, 768, 2048, 8), (16, 8192, 5120, 1),
                                    (256, 256, 7168, 8)])
 @pytest.mark.parametrize("dtype,block", [(None, None), ("fp8_w8a8", None), ("fp8_w8a8", (128, 128))])
-def test_extended_default_differs_from_the_six_parameter_default_only_by_split_k(shape, dtype, block):
+def test_extended_default_differs_from_the_six_parameter_default_only_by_split_k_and_tma(shape, dtype, block):
     for M in configs.STANDARD_BATCH_SIZES:
         six = default_config(M, *shape, dtype, block)
         assert set(six) == set(PARAMS)
         extended = default_config(M, *shape, dtype, block, extended=True)
-        if extended != six:
-            assert extended["up"] == six and extended["down"] == dict(six, SPLIT_K=extended["down"]["SPLIT_K"])
-            assert shape[1] // extended["down"]["SPLIT_K"] >= six["BLOCK_SIZE_K"]
+        up, down = (extended["up"], extended["down"]) if "up" in extended else (extended, extended)
+        assert up == dict(six, TMA=up["TMA"]) and {k: v for k, v in down.items() if k != "SPLIT_K"} == up
+        assert shape[1] // down.get("SPLIT_K", 1) >= six["BLOCK_SIZE_K"]
+        # Activations by TMA only for 16-bit dtypes, wide experts and many tokens per expert (default_tma).
+        assert up["TMA"] == (2 if dtype is None and shape[1] >= 2048 and M * shape[3] / shape[0] >= 256 else 1)
+
+
+def test_default_tma_keeps_to_rows_a_descriptor_can_hold():
+    from moekernel.heuristics import default_tma
+
+    assert default_tma(4096, 8, 7168, 4096, 2) == 2
+    assert default_tma(4096, 8, 7168, 4100, 2) == 0  # w1 and x rows of 8200 bytes
+    assert default_tma(1, 8, 40, 80, 2, "int8_w8a16") == 0  # w2 rows of 40 bytes
+    assert default_tma(1, 8, 48, 80, 2, "int8_w8a16") == 1

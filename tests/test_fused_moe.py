@@ -313,6 +313,102 @@ def test_split_k_goes_to_the_down_gemm():
     assert normalize_config(SMALL)[1]["SPLIT_K"] == 1
 
 
+# TMA: every side 16-byte aligned (the descriptors need it), N and K still off the block sizes.
+TMA_SHAPES = [
+    KernelShape(4, 40, 72, 2, "fp16"),
+    KernelShape(4, 40, 72, 2, "bf16"),
+    KernelShape(4, 48, 96, 2, "fp8_w8a8"),
+    KernelShape(4, 48, 96, 2, "fp8_w8a8", block_shape=(32, 32)),
+    KernelShape(4, 48, 96, 2, "fp8_w8a8", per_channel=True),
+    KernelShape(4, 48, 80, 2, "int8_w8a16"),
+    KernelShape(4, 48, 64, 2, "int8_w8a8"),
+    KernelShape(4, 48, 96, 2, "int8_w8a8", block_shape=(32, 32)),
+    KernelShape(4, 48, 64, 2, "int8_w8a8", per_channel=True),
+]
+TMA_MIXES = {
+    "weights": dict(SMALL, TMA=1),
+    "both": dict(SMALL, TMA=2),
+    "up-both-down-weights": {"up": dict(SMALL, TMA=2), "down": dict(SMALL, TMA=1)},
+    "up-weights-down-both": {"up": dict(SMALL, TMA=1), "down": dict(SMALL, TMA=2)},
+}
+
+
+@pytest.mark.parametrize("shape", TMA_SHAPES, ids=lambda s: s.key)
+def test_tma_matches_reference(shape, device):
+    check(shape, 13, config=TMA_MIXES["both"], device=device)
+
+
+@pytest.mark.parametrize("mix", list(TMA_MIXES))
+@pytest.mark.parametrize("shape", [TMA_SHAPES[1], TMA_SHAPES[2], TMA_SHAPES[3]], ids=lambda s: s.key)
+@pytest.mark.parametrize("M", [1, 13])
+def test_tma_mixes_match_reference(shape, mix, M, device):
+    check(shape, M, config=TMA_MIXES[mix], device=device, seed=M)
+
+
+@pytest.mark.parametrize("shape,M", [
+    (KernelShape(1, 32, 48, 1, "fp16"), 5),
+    (KernelShape(8, 32, 48, 8, "fp16"), 3),
+    (KernelShape(256, 16, 32, 8, "fp16"), 6),
+    (KernelShape(6, 24, 40, 3, "fp16"), 37),
+])
+def test_tma_edge_shapes(shape, M, device):
+    check(shape, M, config=TMA_MIXES["both"], device=device)
+
+
+def test_tma_sorted_intermediate_holds_zeros_in_padding_slots(device):
+    # The down GEMM loads whole blocks of the intermediate: padding slots must be written (zeros), not left NaN.
+    inputs = make_inputs(TMA_SHAPES[0], 7, device=device)
+    call = make_runner(inputs, TMA_MIXES["both"])
+    call.ws.inter.fill_(float("nan"))
+    call()
+    used = int(call.ws.num_post.item())
+    ids = call.ws.sorted_ids[:used].long()
+    padding = ids >= 7 * 2
+    assert call.ws.inter.shape[0] == call.ws.sorted_ids.numel() and padding.any()
+    assert torch.all(call.ws.inter[:used][padding] == 0)
+    assert torch.isfinite(call.ws.inter[:used]).all()
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp8_w8a8"])
+def test_tma_expert_parallel(dtype, device):
+    inputs = make_inputs(KernelShape(4, 128, 64, 2, dtype), 10, device=device)
+    inputs.expert_map = torch.tensor([0, -1, 1, -1, 2, 3], dtype=torch.int32, device=device)
+    gen = torch.Generator().manual_seed(7)
+    inputs.topk_ids = torch.randint(0, 6, (10, 2), dtype=torch.int32, generator=gen).to(device)
+    inputs.topk_ids[:3] = torch.tensor([1, 3], dtype=torch.int32, device=device)
+    _, out = check_split(inputs, dict(SPLIT, TMA=2), BOUND[dtype])
+    assert torch.all(out[:3] == 0)
+
+
+@pytest.mark.parametrize("shape,static", [
+    (KernelShape(4, 104, 72, 2, "bf16"), False),  # the last K step of the down GEMM partial
+    (SPLIT_SHAPES[2], True),
+    (KernelShape(4, 112, 128, 2, "fp8_w8a8", block_shape=(128, 128)), False),
+], ids=["bf16", "fp8-static", "fp8-block"])
+def test_tma_with_split_k(shape, static, device):
+    inputs = make_inputs(shape, 13, device=device)
+    if static:
+        static_scales(inputs)
+    check_split(inputs, dict(SPLIT, SPLIT_K=2, TMA=2), BOUND[shape.dtype], again=True)
+
+
+def test_tma_refuses_rows_a_descriptor_cannot_hold(device):
+    # int8 weights with N=40: each w2 row is 40 bytes, not a multiple of 16.
+    inputs = make_inputs(KernelShape(4, 40, 72, 2, "int8_w8a16"), 3, device=device)
+    with pytest.raises(ValueError, match="TMA needs the weights with contiguous rows, 16-byte aligned"):
+        make_runner(inputs, dict(SMALL, TMA=1))()
+    check(KernelShape(4, 40, 72, 2, "int8_w8a16"), 3, config=SMALL, device=device)  # TMA=0 runs it
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(SMALL, TMA=3), "TMA=3: must be one of 0, 1, 2"),
+    ({"up": SMALL, "down": dict(SMALL, TMA=-1)}, "TMA=-1: must be one of 0, 1, 2"),
+])
+def test_bad_tma_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        normalize_config(bad)
+
+
 # ---- GPU only ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.cuda
@@ -326,8 +422,9 @@ def test_gpu_realistic_shapes(dtype, extra, M):
     shape = KernelShape(8, 1792, 4096, 2, dtype, **extra)
     bound = 1e-2 if dtype in ("bf16", "fp16") else 3e-2
     small_m = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
-    for cfg in (small_m, dict(small_m, SPLIT_K=2), dict(small_m, SPLIT_K=4),
-                dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=3)):
+    large_m = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=3)
+    for cfg in (small_m, dict(small_m, SPLIT_K=2), dict(small_m, SPLIT_K=4), large_m, dict(small_m, TMA=1),
+                dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2), {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}):
         inputs = make_inputs(shape, M, device="cuda", seed=M)
         out = run_poisoned(inputs, cfg)
         err = relative_error(out, fused_experts_ref(**inputs.kwargs()))
@@ -335,12 +432,12 @@ def test_gpu_realistic_shapes(dtype, extra, M):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k", [1, 2])
-def test_gpu_cuda_graph_replay_matches_eager(split_k):
+@pytest.mark.parametrize("split_k,tma", [(1, 0), (2, 0), (1, 2)])
+def test_gpu_cuda_graph_replay_matches_eager(split_k, tma):
     # Two partials added to zero give the same sum in either order, so SPLIT_K=2 is bit-exact too (4 need not be).
     shape = KernelShape(8, 256, 512, 2, "bf16")
     inputs = make_inputs(shape, 33, device="cuda")
-    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k))
+    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k, TMA=tma))
     eager = call().clone()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -358,17 +455,17 @@ def _compiled_binaries(fn) -> int:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k", [1, 2])
+@pytest.mark.parametrize("split_k,tma", [(1, 0), (2, 0), (1, 2)])
 @pytest.mark.parametrize("extra", [{"block_shape": (128, 128)}, {}, None], ids=["block", "per-tensor", "bf16"])
-def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k):
+def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma):
     from moekernel.kernel import _kernels
     from moekernel.kernel.moe import compile_config
 
     shape = KernelShape(8, 256, 512, 2, "bf16") if extra is None else KernelShape(8, 256, 512, 2, "fp8_w8a8", **extra)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3,
-               SPLIT_K=split_k)
+               SPLIT_K=split_k, TMA=tma)
     compile_config(shape, 77, cfg)
-    kernels = (_kernels._fused_moe_gemm, _kernels._moe_sum)
+    kernels = (_kernels._fused_moe_gemm, _kernels._moe_sum, _kernels._gather_sorted_rows)
     before = [_compiled_binaries(k) for k in kernels]
     check(shape, 77, config=cfg, device="cuda")
     # A launch whose arguments specialise differently (say, a pointer off 16-byte alignment) would compile anew,

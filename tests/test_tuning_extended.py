@@ -1,4 +1,5 @@
-"""moekernel's own launch parameters in the tuner: SPLIT_K searched around the engine winner (interpreter)."""
+"""moekernel's own launch parameters in the tuner: TMA and SPLIT_K searched around the engine search's result
+(interpreter)."""
 
 import importlib
 import time
@@ -9,7 +10,7 @@ from moekernel.backend import kernels_mode
 from moekernel.heuristics import HOPPER_SMS, default_config
 from moekernel.shapes import KernelShape
 from moekernel.tuning import read_shard, tune
-from moekernel.tuning.space import split_k_variants
+from moekernel.tuning.space import extended_variants, split_k_reason
 
 moe = importlib.import_module("moekernel.kernel.moe")
 BACKEND = "cuda" if kernels_mode() == "cuda" else "interpret"
@@ -22,49 +23,83 @@ SPACE = {"BLOCK_SIZE_M": [16], "BLOCK_SIZE_N": [32], "BLOCK_SIZE_K": [64], "GROU
 
 def test_split_k_is_tried_only_where_the_down_grid_leaves_sms_idle():
     mixtral = KernelShape(8, 7168, 4096, 2, "bf16")
-    small = split_k_variants(mixtral, 1, default_config(1, 8, 7168, 4096, 2, "bf16"), "both")
+    small = default_config(1, 8, 7168, 4096, 2, "bf16")
     # M=1: 2 experts x 32 column tiles = 64 programs; 2 and 4 keep it within two waves, 8 does not.
-    assert [(c["SPLIT_K"], r is None) for c, r in small] == [(2, True), (4, True), (8, False)]
-    assert "more than two waves" in small[2][1]
-    prefill = split_k_variants(mixtral, 4096, default_config(4096, 8, 7168, 4096, 2, "bf16"), "both")
-    assert all(r is not None and f"fill the {HOPPER_SMS} SMs" in r for _, r in prefill)
-    short = split_k_variants(KernelShape(4, 64, 64, 2, "fp16"), 2, dict(SPACE, BLOCK_SIZE_M=16, BLOCK_SIZE_N=32,
-                             BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2), "both")
-    assert all(r is not None and "K steps" in r for _, r in short)
-    assert split_k_variants(mixtral, 1, default_config(1, 8, 7168, 4096, 2, "bf16"), "up") == []
+    assert [split_k_reason(mixtral, 1, small, s) is None for s in (2, 4, 8)] == [True, True, False]
+    assert "more than two waves" in split_k_reason(mixtral, 1, small, 8)
+    prefill = default_config(4096, 8, 7168, 4096, 2, "bf16")
+    assert f"fill the {HOPPER_SMS} SMs" in split_k_reason(mixtral, 4096, prefill, 2)
+    short = dict(SPACE, BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
+    assert "K steps" in split_k_reason(KernelShape(4, 64, 64, 2, "fp16"), 2, short, 2)
 
 
-def fake_runners(monkeypatch, ms_by_split):
-    """make_runner returns a sleep of ms_by_split[SPLIT_K] ms (num_stages 3 is 5 ms slower: a clear engine winner)."""
+def own(config):
+    return config.get("SPLIT_K", 1), config.get("TMA", 0)
+
+
+def test_every_finalist_gets_tma_and_the_winner_split_k_too():
+    mixtral = KernelShape(8, 7168, 4096, 2, "bf16")
+    six = default_config(1, 8, 7168, 4096, 2, "bf16")
+    found = extended_variants(mixtral, 1, six, "both")
+    assert [own(c) for c, _ in found] == [(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (4, 0), (4, 1), (4, 2), (8, 0)]
+    assert [r is None for _, r in found] == [True] * 8 + [False]  # SPLIT_K=8: one row says why
+    assert all({k: c[k] for k in six} == six for c, _ in found)
+    # Another finalist, or the up GEMM of a split winner: TMA only.
+    assert [own(c) for c, _ in extended_variants(mixtral, 1, six, "both", winner=False)] == [(1, 1), (1, 2)]
+    assert [own(c) for c, _ in extended_variants(mixtral, 1, six, "up")] == [(1, 1), (1, 2)]
+
+
+def test_tma_is_pruned_where_rows_cannot_have_a_descriptor():
+    # int8 weights with N=40: the down GEMM's w2 rows are 40 bytes, not a multiple of 16.
+    shape = KernelShape(4, 40, 80, 2, "int8_w8a16")
+    six = dict(SPACE, BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
+    found = extended_variants(shape, 4, six, "down", winner=False)
+    assert [r for _, r in found] == [
+        f"TMA={t}: the down GEMM's weight rows are 40 x 1 bytes, not a multiple of 16 (a TMA descriptor needs that)"
+        for t in (1, 2)]
+    up = extended_variants(shape, 4, six, "up", winner=False)
+    assert [r is None for _, r in up] == [True, True]  # K=80: rows of 80 bytes (weights) and 160 (activations)
+    assert all(r is not None for _, r in extended_variants(shape, 4, six, "both", winner=False))
+
+
+def fake_runners(monkeypatch, ms_by_own):
+    """make_runner returns a sleep of ms_by_own[(SPLIT_K, TMA)] ms, 14 for any other; num_stages 3 is 5 ms slower
+    (a clear engine winner, and a second finalist whose variants lose too)."""
     def fake(inputs, config, gemm="both"):
-        ms = ms_by_split[config.get("SPLIT_K", 1)] + 5 * (config["num_stages"] == 3)
+        ms = ms_by_own.get(own(config), 14) + 5 * (config["num_stages"] == 3)
         return lambda: time.sleep(ms / 1000)
 
     monkeypatch.setattr(moe, "make_runner", fake)
 
 
 @interpreter_only
-@pytest.mark.parametrize("ms_by_split, extended_split", [
-    ({1: 10, 2: 5}, 2),  # the split pays: moekernel's own file gets it
-    ({1: 10, 2: 14}, 1),  # it does not: the winner is the extended winner too
+@pytest.mark.parametrize("ms_by_own, extended_own", [
+    ({(1, 0): 10, (2, 0): 5}, (2, 0)),  # the split pays: moekernel's own file gets it
+    ({(1, 0): 10, (2, 2): 5}, (2, 2)),  # the split with TMA
+    ({(1, 0): 10, (1, 1): 5}, (1, 1)),  # TMA on the weights alone
+    ({(1, 0): 10}, (1, 0)),  # nothing does: the winner is the extended winner too
 ])
-def test_the_extended_winner_is_the_engine_winner_or_a_split_that_pays(tmp_path, monkeypatch, ms_by_split,
-                                                                       extended_split):
-    fake_runners(monkeypatch, ms_by_split)
+def test_the_extended_winner_is_the_engine_winner_or_a_variant_that_pays(tmp_path, monkeypatch, ms_by_own,
+                                                                         extended_own):
+    fake_runners(monkeypatch, ms_by_own)
     out = tmp_path / "bs2.parquet"
     frame = tune(SHAPE, 2, strategy="exhaustive", space=SPACE, iters=2, draws=2, backend=BACKEND, jobs=1,
                  progress=False, out=out)
     (winner,) = frame[frame["winner"]].itertuples(index=False)
-    assert winner.SPLIT_K == 1 and winner.num_stages == 2  # the engines' six, always
+    assert (winner.SPLIT_K, winner.TMA) == (1, 0) and winner.num_stages == 2  # the engines' six, always
     (extended,) = frame[frame["extended_winner"].fillna(False).astype(bool)].itertuples(index=False)
     six = ["BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"]
-    assert extended.SPLIT_K == extended_split and [getattr(extended, p) for p in six] == [getattr(winner, p) for p in six]
+    assert (extended.SPLIT_K, extended.TMA) == extended_own
+    assert [getattr(extended, p) for p in six] == [getattr(winner, p) for p in six]
     assert len(extended.draw_us) == 2  # timed on every draw, like the finalists
-    if extended_split > 1:
-        assert extended.verified  # the split op was checked against the reference
-        assert "with moekernel's own parameters both M16 N32 K64 G1 w4 s2 split-K 2" in frame.attrs["summary"]
-    # Every variant is a row with its SPLIT_K; those not tried say why.
-    variants = frame[frame["SPLIT_K"] > 1]
-    assert sorted(variants["SPLIT_K"]) == [2, 4, 8]
+    if extended_own != (1, 0):
+        assert extended.verified  # the op with its own parameters was checked against the reference
+        text = " ".join(f"{p}={v}" for p, v, default in zip(("SPLIT_K", "TMA"), extended_own, (1, 0)) if v != default)
+        assert f"with moekernel's own parameters both M16 N32 K64 G1 w4 s2 {text}" in frame.attrs["summary"]
+    # Every variant is a row; those not tried say why. The winner gets TMA and SPLIT_K, the other finalist TMA.
+    variants = frame[(frame["SPLIT_K"] > 1) | (frame["TMA"] > 0)]
+    by_stages = {s: sorted(zip(g["SPLIT_K"], g["TMA"])) for s, g in variants.groupby("num_stages")}
+    # (8 K steps: SPLIT_K 4 and 8 leave too few per part, so each is one pruned row.)
+    assert by_stages == {2: [(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (4, 0), (8, 0)], 3: [(1, 1), (1, 2)]}
     assert variants[variants["status"] == "pruned"]["error"].str.contains("K steps").all()
     assert read_shard(out).num_rows == len(frame)

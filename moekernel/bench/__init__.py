@@ -18,7 +18,7 @@ A benchmark, not a test::
    the roofline; above 1 means the floor model is wrong (printed anyway).
 3. Sources, all on the same seeded inputs (moekernel.kernel.testing.make_inputs) and timed with the tuner's helper
    (moekernel.kernel.timing.time_callable: CUDA graph of up to 10 calls, median of the replays):
-   ``default`` (moekernel.heuristics.default_config with extended=True: may split the down GEMM, SPLIT_K),
+   ``default`` (moekernel.heuristics.default_config with extended=True: TMA loads, and may split the down GEMM),
    ``default-six`` (the same rule held to the engines' six parameters, what an engine file can carry),
    ``engine-default`` (what vLLM falls back to without tuned files), ``folder:DIR`` / ``tuned:DIR`` for each
    ``--configs`` / ``--tuned`` folder (its engine file for this device, else another device's engine file of the

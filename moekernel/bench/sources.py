@@ -156,7 +156,7 @@ def build_sources(args, shape: KernelShape, device_name: str) -> list[Source]:
     sources = [Source("default", "heuristic", "default",
                       note="moekernel.heuristics.default_config(extended=True), what moekernel falls back to"),
                Source("default-six", "heuristic", "default-six",
-                      note="moekernel.heuristics.default_config: the six engine parameters only (SPLIT_K=1)"),
+                      note="moekernel.heuristics.default_config: the six engine parameters only (no TMA, SPLIT_K=1)"),
                Source("engine-default", "heuristic", "engine-default",
                       note="moekernel.heuristics.engine_default_config (vLLM's fallback without tuned files)")]
     for prefix, folders in (("folder", args.configs), ("tuned", args.tuned)):

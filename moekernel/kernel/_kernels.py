@@ -5,6 +5,13 @@ to BLOCK_SIZE_M), so one launch serves every expert. It never specialises on the
 ``num_valid_tokens`` are marked do_not_specialize): one compiled binary per launch config serves all batch sizes.
 With SPLIT_K > 1 (the down GEMM only) the grid's second axis splits the reduction: each program reduces a contiguous
 run of K steps and adds its partial tile, already scaled, into a zeroed float32 output with atomics.
+
+With B_TMA the weight tiles come through a TMA descriptor of the weights seen as one [experts x rows, K] matrix
+instead of pointer loads: the copy engine fetches them, out-of-bounds rows and columns read as zeros, and the
+threads are free for the math. With A_TMA the activation tiles come through a descriptor too, which needs the A
+rows of a block to be contiguous: A is then held in expert-sorted order (one row per slot of ``sorted_token_ids``,
+zeros for padding slots), gathered by ``_gather_sorted_rows`` for the up GEMM, or written so by the up GEMM
+(C_SORTED) for the down GEMM (A_SORTED).
 """
 
 import triton
@@ -21,9 +28,9 @@ WEIGHT_ONLY: tl.constexpr = tl.constexpr(int(QuantMode.WEIGHT_ONLY))
 
 @triton.jit(do_not_specialize=["EM", "num_valid_tokens"])
 def _fused_moe_gemm(
-    a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
+    a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
     sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr, amax_ptr,
-    N, K, EM, num_valid_tokens,
+    N, K, EM, num_valid_tokens, b_rows_per_expert,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
     stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
@@ -37,6 +44,10 @@ def _fused_moe_gemm(
     DOT_FP32: tl.constexpr,  # interpreter: the CPU's dot on 16-bit floats is unreliable, so upcast
     EVEN_K: tl.constexpr,
     SPLIT_K: tl.constexpr,  # programs per output tile along grid axis 1; > 1 needs a zeroed float32 c
+    A_TMA: tl.constexpr,  # A tiles through a_desc: A's rows are the slots of sorted_token_ids
+    A_SORTED: tl.constexpr,  # A's rows (data and per-row scales) are slots of sorted_token_ids, not token rows
+    B_TMA: tl.constexpr,  # weight tiles through b_desc ([experts x b_rows_per_expert, K])
+    C_SORTED: tl.constexpr,  # write c's rows at their slots of sorted_token_ids (padding slots get zeros)
 ):
     # Programs along M are grouped so that GROUP_SIZE_M row-blocks share the same weight columns in L2.
     pid = tl.program_id(0)
@@ -59,7 +70,10 @@ def _fused_moe_gemm(
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
     offs_token = tl.load(sorted_token_ids_ptr + offs_m).to(tl.int64)
     token_mask = offs_token < num_valid_tokens
-    a_rows = offs_token // A_ROW_DIV
+    if A_SORTED:
+        a_rows = offs_m.to(tl.int64)
+    else:
+        a_rows = offs_token // A_ROW_DIV
 
     offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
     # Wrapping the weight columns keeps the B loads unmasked; the wrapped columns are never stored.
@@ -70,6 +84,9 @@ def _fused_moe_gemm(
     b_ptrs = b_ptr + expert * stride_be + offs_bn[None, :] * stride_bn + offs_k[:, None] * stride_bk
     if FUSE_SILU_MUL:
         b2_ptrs = b_ptrs + N * stride_bn
+    # Descriptor coordinates: the block's first A row, and the tile's first weight row (gate half; up half N on).
+    a_row0 = pid_m * BLOCK_SIZE_M
+    b_row0 = (expert * b_rows_per_expert + pid_n * BLOCK_SIZE_N).to(tl.int32)
 
     num_k_steps = tl.cdiv(K, BLOCK_SIZE_K)
     if SPLIT_K == 1:
@@ -104,14 +121,22 @@ def _fused_moe_gemm(
             b2_s_ptrs = b_scale_ptr + expert * stride_bse + ((offs_bn + N) // GROUP_N) * stride_bsn
 
     for k in range(k_first, k_last):
-        if EVEN_K:
+        k_left = K - k * BLOCK_SIZE_K
+        if A_TMA:
+            a = a_desc.load([a_row0, k * BLOCK_SIZE_K])  # padding rows hold zeros; past K reads zeros
+        elif EVEN_K:
             a = tl.load(a_ptrs, mask=token_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptrs, mask=token_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        if B_TMA:
+            b = b_desc.load([b_row0, k * BLOCK_SIZE_K]).T
+            if FUSE_SILU_MUL:
+                b2 = b_desc.load([b_row0 + N, k * BLOCK_SIZE_K]).T
+        elif EVEN_K:
             b = tl.load(b_ptrs)
             if FUSE_SILU_MUL:
                 b2 = tl.load(b2_ptrs)
         else:
-            k_left = K - k * BLOCK_SIZE_K
-            a = tl.load(a_ptrs, mask=token_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
             b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
             if FUSE_SILU_MUL:
                 b2 = tl.load(b2_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
@@ -175,13 +200,20 @@ def _fused_moe_gemm(
         w = tl.load(topk_weights_ptr + offs_token, mask=token_mask, other=0.0)
         out = out * w[:, None]
 
-    c_ptrs = c_ptr + offs_token[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    c_mask = token_mask[:, None] & (offs_n[None, :] < N)
+    if C_SORTED:
+        # Every slot of the block is written, padding slots with the zeros their zero A rows give, so the next
+        # GEMM can load whole blocks by TMA.
+        c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
+        c_mask = (offs_n[None, :] < N) & (offs_m[:, None] < EM)
+    else:
+        c_ptrs = c_ptr + offs_token[:, None] * stride_cm + offs_n[None, :] * stride_cn
+        c_mask = token_mask[:, None] & (offs_n[None, :] < N)
     if SPLIT_K == 1:
         c = out.to(c_ptr.dtype.element_ty)
         if OUT_AMAX:
-            # Rows of padding hold zeros and wrapped columns repeat real ones, so neither moves the maximum.
-            tl.atomic_max(amax_ptr, tl.max(tl.max(tl.abs(c.to(tl.float32)), 1), 0))
+            # Rows of padding hold zeros; columns past N (wrapped, or another tile's rows through TMA) are left out.
+            c_abs = tl.where(offs_n[None, :] < N, tl.abs(c.to(tl.float32)), 0.0)
+            tl.atomic_max(amax_ptr, tl.max(tl.max(c_abs, 1), 0))
         tl.store(c_ptrs, c, mask=c_mask)
     else:
         # Every factor above (dequantization scales, routing weight) is linear, so each partial carries its own.
@@ -251,6 +283,24 @@ def _moe_align(
         e, valid = _local_expert(topk_ids_ptr, expert_map_ptr, offs, numel, num_experts, HAS_MAP)
         slot = tl.atomic_add(cursor_ptr + e, 1, mask=valid)
         tl.store(sorted_ids_ptr + slot, offs, mask=valid)
+
+
+@triton.jit(do_not_specialize=["numel"])
+def _gather_sorted_rows(
+    x_ptr, out_ptr, sorted_ids_ptr, num_post_ptr, numel, C, stride_xm, stride_om,
+    ROW_DIV: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out[slot] = x[sorted_token_ids[slot] // ROW_DIV] for each slot of the padded expert runs, zeros for padding
+    slots: the expert-sorted copy of A that the up GEMM loads by TMA. Slots past the runs are left alone."""
+    slot = tl.program_id(0)
+    if slot >= tl.load(num_post_ptr):
+        return
+    token = tl.load(sorted_ids_ptr + slot)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = (token // ROW_DIV).to(tl.int64)
+    # A padding slot reads nothing: its column limit drops to 0.
+    x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < tl.where(token < numel, C, 0), other=0.0)
+    tl.store(out_ptr + slot.to(tl.int64) * stride_om + offs, x, mask=offs < C)
 
 
 @triton.jit

@@ -7,8 +7,10 @@ expert map). A down GEMM with SPLIT_K > 1 adds one zero fill of its float32 outp
 
 Config semantics match the engines' files: BLOCK_SIZE_N of the up GEMM counts weight rows, gate and up together,
 so a file tuned for vLLM's kernel puts the same tile footprint on this one. Beyond the engines' six parameters a
-config may carry moekernel's own (moekernel.heuristics.EXTENDED_PARAMS): SPLIT_K splits the down GEMM's
-reduction over N between SPLIT_K programs per output tile.
+config may carry moekernel's own (moekernel.launch_params.EXTENDED_PARAMS): SPLIT_K splits the down GEMM's
+reduction over N between SPLIT_K programs per output tile; TMA loads a GEMM's weight tiles (1) or its weight and
+activation tiles (2) through TMA descriptors. TMA=2 on the up GEMM adds one launch that gathers x into
+expert-sorted rows; TMA=2 on the down GEMM makes the up GEMM write the intermediate in that order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..backend import interpreted
 from ..configs import get_config
@@ -24,7 +27,7 @@ from ..dtypes import QUANT_DTYPES, QuantMode
 from ..dtypes import info as dtype_info
 from .. import launch_params
 from ..heuristics import default_config, is_split, up_down
-from ..launch_params import EXTENDED_PARAMS, PARAMS
+from ..launch_params import EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_OFF
 from . import _kernels
 from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
 from .routing import align_buffers, fused_topk, launch_align
@@ -159,10 +162,14 @@ _AMAX_STRIDE = 4  # float32 slots: 16 bytes
 class _Workspace:
     """Every buffer one fused call needs, allocated up front so the call can be replayed in a CUDA graph."""
 
-    def __init__(self, spec: _Spec, block_m: int, split_k: int, device):
-        numel = spec.M * spec.topk
+    def __init__(self, spec: _Spec, block_m: int, split_k: int, sorted_inter: bool, device):
+        self.numel = numel = spec.M * spec.topk
         self.sorted_ids, self.expert_ids, self.num_post, self.cursor = align_buffers(numel, spec.E, block_m, device)
-        self.inter = torch.empty((numel, spec.N), dtype=spec.dtype, device=device)
+        # The intermediate's rows are tokens x top-k, or, for a down GEMM that loads it by TMA, the slots of the
+        # sorted ids (padding slots included, so each block's rows are contiguous).
+        self.sorted_inter = sorted_inter
+        inter_rows = self.sorted_ids.numel() if sorted_inter else numel
+        self.inter = torch.empty((inter_rows, spec.N), dtype=spec.dtype, device=device)
         # Running maxima for dynamic per-tensor scales: slot 0 of x, slot 1 of the intermediate (gathered by the up
         # GEMM over the rows it writes, so rows of non-local experts never count). Zeroed by the align kernel.
         # Slots sit 16 bytes apart: Triton specialises pointers on 16-byte alignment, and a slot that is not
@@ -181,11 +188,31 @@ class _Workspace:
         return self.amax[slot * _AMAX_STRIDE:slot * _AMAX_STRIDE + 1]
 
 
+def _descriptor(t: torch.Tensor, block: list[int], what: str) -> TensorDescriptor:
+    """A TMA descriptor over ``t`` (2-D) with tiles of ``block``, or a ValueError saying why ``t`` cannot have one."""
+    elem = t.element_size()
+    if t.stride(-1) != 1 or (t.stride(0) * elem) % 16 or t.data_ptr() % 16:
+        raise ValueError(f"TMA needs {what} with contiguous rows, 16-byte aligned (row stride {t.stride(0)} x "
+                         f"{elem} bytes); use a config with TMA=0 for this tensor")
+    return TensorDescriptor.from_tensor(t, block)
+
+
+def _weight_rows(b: torch.Tensor) -> torch.Tensor:
+    """Weights [E, rows, k] as one [E x rows, k] matrix, for one descriptor over every expert."""
+    if b.stride(0) != b.shape[1] * b.stride(1):
+        raise ValueError("TMA needs each expert's weights right after the previous expert's (a [E, rows, k] tensor "
+                         "whose experts are not strided apart); use a config with TMA=0")
+    return b.view(b.shape[0] * b.shape[1], b.shape[2]) if b.is_contiguous() else b.reshape(-1, b.shape[2])
+
+
 def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, interpret,
-                 out_amax=False, warmup=False):
+                 out_amax=False, a_sorted=False, c_sorted=False, warmup=False):
     bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if up:
         bn //= 2  # the tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each
+    a_tma, b_tma = cfg["TMA"] == TMA_BOTH, cfg["TMA"] != TMA_OFF
+    a_desc = _descriptor(a, [bm, bk], "the activations") if a_tma else None
+    b_desc = _descriptor(_weight_rows(b), [bn, bk], "the weights") if b_tma else None
     group_n = group_k = 1
     if spec.mode == QuantMode.BLOCK:
         group_n, group_k = spec.block_shape
@@ -195,20 +222,41 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
     em = ws.sorted_ids.numel()
     split_k = cfg["SPLIT_K"]
     grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),) + ((split_k,) if split_k > 1 else ())
-    args = [a, b, c, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post, ws.amax_slot(1),
-            n_out, k_in, em, spec.M * spec.topk,
+    args = [a, b, c, a_desc, b_desc, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post,
+            ws.amax_slot(1), n_out, k_in, em, spec.M * spec.topk, b.shape[1],
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
             *scale_strides(spec.mode, a_scale, b_scale)]
     meta = dict(
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
         QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
-        EVEN_K=k_in % bk == 0, SPLIT_K=split_k, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        EVEN_K=k_in % bk == 0, SPLIT_K=split_k, A_TMA=a_tma, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:
-        return _kernels._fused_moe_gemm.warmup(
-            *[x.dtype if isinstance(x, torch.Tensor) else x for x in args], grid=grid, **meta)
+        return _kernels._fused_moe_gemm.warmup(*_warmup_args(args), grid=grid, **meta)
     _kernels._fused_moe_gemm[grid](*args, **meta)
+
+
+def _warmup_args(args):
+    """Arguments for a kernel's warmup: tensors by dtype (they are shape-only 'meta' tensors); descriptors as they
+    are (their type, tile and dtype are what the compile specialises on)."""
+    return [x.dtype if isinstance(x, torch.Tensor) else x for x in args]
+
+
+def _gather_sorted(ws, x, row_div: int, warmup=False) -> torch.Tensor:
+    """x's rows in expert-sorted order (one per slot of the sorted ids, zeros for padding slots), for the up GEMM's
+    TMA loads of A."""
+    out = torch.empty((ws.sorted_ids.numel(), x.shape[1]), dtype=x.dtype, device=x.device)
+    block = min(1024, triton.next_power_of_2(x.shape[1]))
+    grid = (out.shape[0], triton.cdiv(x.shape[1], block))
+    args = [x, out, ws.sorted_ids, ws.num_post, ws.numel, x.shape[1], x.stride(0), out.stride(0)]
+    meta = dict(ROW_DIV=row_div, BLOCK=block)
+    if warmup:
+        _kernels._gather_sorted_rows.warmup(*_warmup_args(args), grid=grid, **meta)
+    else:
+        _kernels._gather_sorted_rows[grid](*args, **meta)
+    return out
 
 
 class _Call:
@@ -228,7 +276,8 @@ class _Call:
         # The alignment and sum kernels index ids and the map as flat arrays.
         self.topk_ids = topk_ids.contiguous()
         self.expert_map = expert_map.contiguous() if expert_map is not None else None
-        self.ws = _Workspace(self.spec, self.up_cfg["BLOCK_SIZE_M"], self.down_cfg["SPLIT_K"], hidden_states.device)
+        self.ws = _Workspace(self.spec, self.up_cfg["BLOCK_SIZE_M"], self.down_cfg["SPLIT_K"],
+                             self.down_cfg["TMA"] == TMA_BOTH, hidden_states.device)
         self.interpret = interpreted()
 
     def align(self, warmup=False):
@@ -255,9 +304,11 @@ class _Call:
     def up(self, warmup=False):
         spec, ws = self.spec, self.ws
         a, a_scale = self._quantized(self.x, spec.scales[2], warmup, slot=0)
+        if self.up_cfg["TMA"] == TMA_BOTH:
+            a = _gather_sorted(ws, a, spec.topk, warmup)  # the scales stay per token row
         _launch_gemm(spec, ws, self.up_cfg, a, self.w1, ws.inter, a_scale, spec.scales[0], self.topk_weights,
                      n_out=spec.N, k_in=spec.K, up=True, interpret=self.interpret, out_amax=self._dynamic_a2,
-                     warmup=warmup)
+                     c_sorted=ws.sorted_inter, warmup=warmup)
 
     def down(self, warmup=False):
         spec, ws = self.spec, self.ws
@@ -265,7 +316,8 @@ class _Call:
         if ws.split_k > 1 and not warmup:
             ws.down_out.zero_()  # one fill launch, captured in a CUDA graph like the kernels
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
-                     n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, warmup=warmup)
+                     n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, a_sorted=ws.sorted_inter,
+                     warmup=warmup)
 
     def reduce(self, warmup=False):
         spec, ws = self.spec, self.ws
@@ -276,7 +328,7 @@ class _Call:
         args = [ws.down_out, ws.out, self.topk_ids, self.expert_map, spec.K, ws.down_out.stride(0), ws.out.stride(0)]
         meta = dict(TOPK=spec.topk, HAS_MAP=spec.has_map, BLOCK=block)
         if warmup:
-            _kernels._moe_sum.warmup(*[x.dtype if isinstance(x, torch.Tensor) else x for x in args], grid=grid, **meta)
+            _kernels._moe_sum.warmup(*_warmup_args(args), grid=grid, **meta)
             return
         _kernels._moe_sum[grid](*args, **meta)
 

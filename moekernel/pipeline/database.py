@@ -21,7 +21,7 @@ import pandas as pd
 VIEWS = {
     # The tuner's verified choices: one `both` row per (key, batch size, device), or an `up` and a `down` row.
     "winners": "SELECT * FROM timings WHERE winner AND current",
-    # The best with moekernel's own parameters too (SPLIT_K): the winner itself where no split-K variant paid.
+    # The best with moekernel's own parameters too (SPLIT_K, TMA): the winner itself where no variant paid.
     "extended_winners": "SELECT * FROM timings WHERE extended_winner AND current",
     # Every config of the search within 2% of the fastest one (how flat the optimum is).
     "near_best": """
@@ -34,7 +34,7 @@ VIEWS = {
         FROM timings WHERE status <> 'ok' AND current GROUP BY key, status""",
     # Tuned against the kernel's default config and the baseline files, per key, batch size and device, on the
     # held-out routing draws; `emitted` says whether the engine file holds the tuned config or the default;
-    # extended_us: the tuner's split-K winner where it found one, extended_emitted: moekernel's own file holds it.
+    # extended_us: the tuner's extended winner where it found one, extended_emitted: moekernel's own file holds it.
     "speedup": """
         SELECT t.key, t.batch_size, t.device, t.backend, t.time_us AS tuned_us,
                d.time_us AS default_us, b.time_us AS baseline_us,

@@ -5,7 +5,7 @@ One file per (E, N, device, dtype, block shape), keyed by batch size, formatted 
 so the bytes are the same whenever the data are. Split tuning's up configs go to the usual name and its
 down configs to the ``gemm="down"`` twin. In the pipeline the configs are the ones verify chose
 (:func:`emit_from_verify`: the tuned winner, or the default where the winner lost on held-out routing). Where verify
-also chose a config with moekernel's own parameters (split-K) at some size, moekernel's own file
+also chose a config with moekernel's own parameters (SPLIT_K, TMA) at some size, moekernel's own file
 (``…,moekernel.json``, :func:`moekernel.configs.extended_config_file_name`) holds every size of the engine file with
 those configs in place; moekernel's runtime reads it first, engines never see it.
 

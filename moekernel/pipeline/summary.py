@@ -30,7 +30,7 @@ def summary(db_path, selected_path, configs_dir) -> str:
     files = sorted(selected.get("written", []) + selected.get("unchanged", []))
     own = [name for name in files if name.endswith(EXTENDED_SUFFIX)]
     lines.append(f"moekernel: {len(files) - len(own)} engine config file(s) in {configs_dir}/"
-                 + (f" and {len(own)} of moekernel's own (split-K where it pays; only moekernel reads them)"
+                 + (f" and {len(own)} of moekernel's own (SPLIT_K and TMA where they pay; only moekernel reads them)"
                     if own else "")
                  + (f" ({len(selected.get('written', []))} written this run)" if files else ""))
     for name in files:

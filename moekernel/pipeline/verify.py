@@ -12,8 +12,8 @@ A winner fitted to the tuner's draws can lose elsewhere: where tuned is slower t
 ``max_loss`` on any held-out draw (worst default/tuned ratio below 1 - max_loss), the engine file holds the default
 for that size. The ``emitted`` column says which config the file holds; ``vs_default``/``vs_default_worst`` the
 mean and worst default/tuned ratios. Where the tuner found a faster config with moekernel's own parameters
-(``extended``: a split-K variant of the winner), it is timed too, and its ``emitted`` says whether moekernel's own
-config file holds it (:func:`decide`); an engine file never can. Rows go to the database's ``comparisons`` table;
+(``extended``: SPLIT_K or TMA on the winner or a finalist), it is timed too, and its ``emitted`` says whether
+moekernel's own config file holds it (:func:`decide`); an engine file never can. Rows go to the database's ``comparisons`` table;
 in the Triton interpreter the timings are meaningless and rows say so in ``note``.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moekernel.launch_params import PARAMS
+from moekernel.launch_params import EXTENDED_PARAMS, PARAMS
 from moekernel.pipeline.database import COMPARISONS_SCHEMA
 from moekernel.shapes import KernelShape
 
@@ -46,25 +46,31 @@ def winners_by_size(shards: list) -> dict[int, dict]:
 
 def extended_by_size(shards: list) -> dict[int, dict]:
     """{batch size: the tuner's extended winner} from a key's shards, where it differs from the engine winner (a
-    split-K variant): its six parameters and SPLIT_K, or {"up":, "down":} (split)."""
+    variant with moekernel's own parameters): its six parameters and those, or {"up":, "down":} (split)."""
     from moekernel.pipeline import database
 
     con = database.open_shards(shards)
     columns = {name for (name, *_) in con.execute("DESCRIBE timings").fetchall()}
-    if "extended_winner" not in columns:  # shards from before the split-K search: none
+    if "extended_winner" not in columns:  # shards from before the extended search: none
         return {}
     found = _configs_by_size(con, "SELECT * FROM timings WHERE extended_winner ORDER BY batch_size, gemm")
-    return {m: c for m, c in found.items() if "SPLIT_K" in c or "SPLIT_K" in c.get("down", {})}
+    def own(config: dict) -> bool:
+        halves = (config["up"], config["down"]) if "up" in config else (config,)
+        return any(p in half for half in halves for p in EXTENDED_PARAMS)
+
+    return {m: c for m, c in found.items() if own(c)}
 
 
 def _configs_by_size(con, sql: str) -> dict[int, dict]:
-    """{batch size: config} from shard rows: a ``both`` row's config, or {"up":, "down":}; SPLIT_K where not 1."""
+    """{batch size: config} from shard rows: a ``both`` row's config, or {"up":, "down":}; moekernel's own
+    parameters where off their defaults."""
     found: dict[int, dict] = {}
     for row in con.execute(sql).df().itertuples(index=False):
         config = {p: int(getattr(row, p)) for p in PARAMS}
-        split = getattr(row, "SPLIT_K", None)  # absent from shards written before the split-K search
-        if split is not None and not pd.isna(split) and int(split) != 1:
-            config["SPLIT_K"] = int(split)
+        for param, default in EXTENDED_PARAMS.items():
+            value = getattr(row, param, None)  # null (or absent) in shards from before the parameter existed
+            if value is not None and not pd.isna(value) and int(value) != default:
+                config[param] = int(value)
         if row.gemm == "both":
             found[int(row.batch_size)] = config
         else:

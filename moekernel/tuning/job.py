@@ -15,13 +15,14 @@ from ..backend import interpreter_size_problem
 from ..configs import interpreter_device_name
 from ..shapes import KernelShape
 from . import shard as shard_io
+from .shard import extended_rows
 from .compile import CompilePool
 from .measure import Measurements, now
 from .seeds import heuristic_seeds
 from .select import Checker, Selection
 from .settings import TuneSettings
-from .space import (Candidate, config_str, device_smem_limit, format_duration, interpreter_seconds, prune,
-                    split_k_variants)
+from .space import (Candidate, config_str, device_smem_limit, extended_variants, format_duration,
+                    interpreter_seconds, prune)
 from .strategies import Fast
 
 FAILED = ("out_of_resources", "compile_error", "runtime_error", "incorrect")
@@ -77,7 +78,7 @@ class TuneJob:
             "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
             "batch_size": self.M, "status": "pruned", "time_us": None, "p20_us": None, "p80_us": None,
             "iters": None, "compile_s": None, "draw_us": None, "mean_us": None, "worst_us": None, "error": None,
-            "SPLIT_K": 1, "winner": False, "extended_winner": False, "verified": False, "device": device,
+            "SPLIT_K": 1, "TMA": 0, "winner": False, "extended_winner": False, "verified": False, "device": device,
             "backend": self.backend, **provenance.versions(),
             "kernel_hash": provenance.kernel_hash(), **self.settings.columns(), "seeded_from": self.seeded_from,
             "timestamp": now(),
@@ -156,7 +157,7 @@ class TuneJob:
             self.meas.time_draws(robust)
             selection = Selection(self.meas, Checker(self))
             selection.pick(robust, split=self.settings.split)
-            self.search_extended(selection)
+            self.search_extended(selection, robust)
         except BaseException:
             self.meas.checkpoint(force=True)
             raise
@@ -170,36 +171,49 @@ class TuneJob:
             print(frame.attrs["summary"], file=sys.stderr)
         return frame
 
-    def search_extended(self, selection: Selection) -> None:
-        """moekernel's own parameters around the engine winner: SPLIT_K on the down GEMM it drives
-        (:func:`moekernel.tuning.space.split_k_variants`, pruned with reasons). The variants are timed like finalists,
-        on every routing draw; the extended winner is the best of them and the winner (:meth:`Selection.pick_extended`),
-        the winner itself where no variant pays."""
+    def search_extended(self, selection: Selection, finalists: list[Candidate]) -> None:
+        """moekernel's own parameters around the engine search's result
+        (:func:`moekernel.tuning.space.extended_variants`, pruned with reasons): TMA on the winner and on the other
+        finalists timed on every draw beside it (same scope and BLOCK_SIZE_M), SPLIT_K (alone and with TMA) on the
+        winner's down GEMM. The variants are timed like finalists, on every routing draw; the extended winner is
+        the best of them and the winner (:meth:`Selection.pick_extended`), the winner itself where none pays."""
         rows, base = self.meas.rows, self.base_row()
-        winners = [c for c in rows if rows[c]["winner"]]
-        up = next((c for c in winners if c.gemm == "up"), None)
-        for winner in winners:
+        winners = {c.gemm: c for c in rows if rows[c]["winner"]}
+        for winner in winners.values():
+            others = [c for c in finalists if c != winner and c.gemm == winner.gemm and c.cid[0] == winner.cid[0]
+                      and rows[c]["status"] == "ok" and rows[c]["mean_us"] is not None]
             variants = []
-            for config, reason in split_k_variants(self.shape, self.M, winner.config, winner.gemm):
-                cand = Candidate.of(config, winner.gemm)
-                rows[cand] = {**base, **config, "gemm": winner.gemm, "error": reason,
-                              "status": "pruned" if reason else "ok"}
-                if reason is None:
-                    variants.append(cand)
+            for source in [winner, *others]:
+                for config, reason in extended_variants(self.shape, self.M, source.config, winner.gemm,
+                                                        winner=source == winner):
+                    cand = Candidate.of(config, winner.gemm)
+                    if cand in rows:
+                        continue
+                    rows[cand] = {**base, **config, "gemm": winner.gemm, "error": reason,
+                                  "status": "pruned" if reason else "ok"}
+                    if reason is None:
+                        variants.append(cand)
             best = winner
             if variants:
                 self.meas(variants, self.settings.iters)
                 self.meas.time_draws(variants)
-                # A split down GEMM is checked in the op with the up winner it was tuned beside.
-                whole = (lambda c: {"up": up.config, "down": c.config}) if up is not None else (lambda c: c.config)
-                best = selection.pick_extended(winner, variants, whole)
+                best = selection.pick_extended(winner, variants, self._whole_config(winner.gemm, winners))
             rows[best]["extended_winner"] = True
             self.meas.measured.add(best)
         self.meas.checkpoint(force=True)
 
+    @staticmethod
+    def _whole_config(gemm: str, winners: dict):
+        """How a variant of the ``gemm`` winner runs in the whole op for its reference check: alone (``both``), or
+        beside the other GEMM's engine winner it was tuned with (split)."""
+        if gemm == "both":
+            return lambda c: c.config
+        other = winners["down" if gemm == "up" else "up"]
+        return lambda c: {gemm: c.config, other.gemm: other.config}
+
     def summary(self, frame: pd.DataFrame, wall: float) -> str:
-        variants = frame[frame["SPLIT_K"] > 1]
-        frame = frame[frame["SPLIT_K"] == 1]  # the engines' search; the split-K variants are counted apart
+        own = extended_rows(frame)
+        variants, frame = frame[own], frame[~own]  # the engines' search; the variants are counted apart
         status = frame["status"]
         failed = int(status.isin(FAILED).sum())
         winners = frame[frame["winner"]]
@@ -215,7 +229,7 @@ class TuneJob:
                 f"{r.gemm} {config_str(r._asdict())} {r.mean_us:.1f} us mean" for r in extended.itertuples(index=False))
         timed = int(variants["time_us"].notna().sum())
         if timed:
-            best += f" (split-K variants: {timed} timed, {len(variants) - timed} pruned)"
+            best += f" (variants with moekernel's own parameters: {timed} timed, {len(variants) - timed} pruned)"
         note = " [interpreter: times meaningless]" if self.backend == "interpret" else ""
         return (f"{self.shape.key} M={self.M}: {len(frame)} candidates, {int((status == 'pruned').sum())} pruned, "
                 f"{failed} failed, {int((status == 'ok').sum())} ok; best {best}; {wall:.1f} s{note}")

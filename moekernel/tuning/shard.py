@@ -23,7 +23,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .space import PARAMS
+from ..launch_params import EXTENDED_PARAMS
+from .space import PARAMS, extended_id
 
 STATUSES = ("ok", "out_of_resources", "compile_error", "runtime_error", "incorrect", "pruned")
 
@@ -33,7 +34,8 @@ SCHEMA = pa.schema(
     + [(name, _int) for name in ("E", "N", "K", "topk")]
     + [("block_shape", _str), ("batch_size", _int)]
     + [(name, _int) for name in PARAMS]
-    + [("SPLIT_K", _int)]  # moekernel's own parameter (1: the engines' kernel); only the split-K search sets it
+    # moekernel's own parameters (at their defaults: the engines' kernel); only the extended search sets them.
+    + [("SPLIT_K", _int), ("TMA", _int)]
     + [("gemm", _str), ("status", _str)]
     + [("time_us", _float), ("p20_us", _float), ("p80_us", _float), ("iters", _int), ("compile_s", _float)]
     # Finalists re-timed on several routing draws (draw 0 is time_us's): per-draw medians, their mean and worst.
@@ -94,7 +96,7 @@ def write_shard(path: str | os.PathLike, rows: Iterable[Mapping] | pa.Table) -> 
 
 
 #: Columns a shard written before they existed lacks; read back as nulls.
-ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from", "SPLIT_K", "extended_winner")
+ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from", "SPLIT_K", "extended_winner", "TMA")
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -138,7 +140,7 @@ def partial_path(out: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, settings: Mapping) -> dict[tuple, dict]:
     """Measured rows of a checkpoint whose :data:`RESUME_COLUMNS` equal ``settings``, keyed as
-    :class:`moekernel.tuning.space.Candidate` tuples (config id, gemm, SPLIT_K).
+    :class:`moekernel.tuning.space.Candidate` tuples (config id, gemm, moekernel's own parameters).
 
     A checkpoint that cannot be read (cut short by the kill) or was made with other settings gives nothing.
     """
@@ -150,8 +152,18 @@ def load_checkpoint(path: str | os.PathLike, settings: Mapping) -> dict[tuple, d
     for row in rows:
         if row["status"] == "pruned" or any(row[c] != settings[c] for c in RESUME_COLUMNS):
             continue
-        reusable[(tuple(row[p] for p in PARAMS), row["gemm"], row["SPLIT_K"] or 1)] = row
+        reusable[(tuple(row[p] for p in PARAMS), row["gemm"], extended_id(row))] = row
     return reusable
+
+
+def extended_rows(frame: pd.DataFrame) -> pd.Series:
+    """Which rows of a shard frame set one of moekernel's own parameters (variants no engine file can hold); a
+    null (a shard from before the parameter existed) is its default."""
+    mask = pd.Series(False, index=frame.index)
+    for param, default in EXTENDED_PARAMS.items():
+        if param in frame:
+            mask |= frame[param].fillna(default) != default
+    return mask
 
 
 def identity(row: Mapping) -> dict:

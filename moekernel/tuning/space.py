@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from .. import launch_params
 from ..heuristics import HOPPER_SMEM_BYTES, HOPPER_SMS, MIN_SPLIT_K_STEPS, down_grid
-from ..launch_params import PARAMS
+from ..launch_params import EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_WEIGHTS, tma_problem
 from ..shapes import KernelShape
 
 
@@ -111,28 +111,45 @@ def config_id(config: Mapping[str, int]) -> tuple[int, ...]:
     return tuple(int(config[p]) for p in PARAMS)
 
 
+#: moekernel's own parameters at their defaults (the engines' kernel), in EXTENDED_PARAMS order.
+ENGINE_EXTENDED = tuple(EXTENDED_PARAMS.values())
+
+
+def extended_id(config: Mapping[str, int]) -> tuple[int, ...]:
+    """moekernel's own parameters of a config, in EXTENDED_PARAMS order; a missing (or null) one is its default."""
+    return tuple(int(default if config.get(p) is None else config[p]) for p, default in EXTENDED_PARAMS.items())
+
+
 def config_str(config: Mapping[str, int]) -> str:
-    """Short text for messages: ``M64 N128 K64 G1 w4 s3`` (`` split-K 4`` after it where the config splits)."""
+    """Short text for messages: ``M64 N128 K64 G1 w4 s3``, then moekernel's own parameters off their defaults
+    (`` SPLIT_K=4 TMA=2``)."""
     text = "M{} N{} K{} G{} w{} s{}".format(*config_id(config))
-    return text + (f" split-K {config['SPLIT_K']}" if config.get("SPLIT_K", 1) != 1 else "")
+    own = [f"{p}={v}" for (p, default), v in zip(EXTENDED_PARAMS.items(), extended_id(config)) if v != default]
+    return " ".join([text, *own])
 
 
 class Candidate(NamedTuple):
-    """One thing the tuner times: a config (its six engine parameters by id, and SPLIT_K) driving one gemm scope
-    (both, up or down). The engines' six search never leaves split_k at anything but 1."""
+    """One thing the tuner times: a config (its six engine parameters by id, and moekernel's own parameters)
+    driving one gemm scope (both, up or down). The engines' search leaves ``extended`` at ENGINE_EXTENDED."""
 
     cid: tuple[int, ...]
     gemm: str
-    split_k: int = 1
+    extended: tuple[int, ...] = ENGINE_EXTENDED
 
     @classmethod
     def of(cls, config: Mapping[str, int], gemm: str) -> "Candidate":
-        return cls(config_id(config), gemm, int(config.get("SPLIT_K", 1)))
+        return cls(config_id(config), gemm, extended_id(config))
+
+    @property
+    def is_engine(self) -> bool:
+        """Whether an engine file (and vLLM's kernel) can hold this config: no parameter of moekernel's own set."""
+        return self.extended == ENGINE_EXTENDED
 
     @property
     def config(self) -> dict[str, int]:
         config = dict(zip(PARAMS, self.cid))
-        return config if self.split_k == 1 else {**config, "SPLIT_K": self.split_k}
+        config.update({p: v for (p, default), v in zip(EXTENDED_PARAMS.items(), self.extended) if v != default})
+        return config
 
     def __str__(self) -> str:
         return f"{config_str(self.config)} ({self.gemm})"
@@ -143,33 +160,51 @@ class Candidate(NamedTuple):
 
 #: The SPLIT_K values the tuner tries on an engine winner's down GEMM (moekernel.launch_params.EXTENDED_PARAMS).
 SPLIT_K_CHOICES = (2, 4, 8)
+#: The TMA modes the tuner tries on the engine finalists (moekernel.launch_params: weights, weights and activations).
+TMA_CHOICES = (TMA_WEIGHTS, TMA_BOTH)
 
 
-def split_k_variants(shape: KernelShape, M: int, config: Mapping[str, int], gemm: str
-                     ) -> list[tuple[dict[str, int], str | None]]:
-    """The winner ``config`` with each of :data:`SPLIT_K_CHOICES`, with ``None`` (time it) or why not.
+def split_k_reason(shape: KernelShape, M: int, config: Mapping[str, int], split: int) -> str | None:
+    """Why SPLIT_K=``split`` on the down GEMM ``config`` drives cannot pay, or None (time it).
 
     Split-K helps where the down GEMM's grid leaves SMs idle (one program per row block and column block: a few
     dozen at small M); it costs float32 atomics, a zero-fill launch and, past one wave, a second wave. So a split is
     pruned where the unsplit grid already fills the SMs, where it would need more than two waves, and where each
-    part would reduce fewer than MIN_SPLIT_K_STEPS K steps. Only a config that drives the down GEMM takes one."""
-    if gemm == "up":
-        return []
+    part would reduce fewer than MIN_SPLIT_K_STEPS K steps."""
     programs, k_steps, _ = down_grid(M, shape.E, shape.N, shape.K, shape.topk, config)
+    if programs >= HOPPER_SMS:
+        return (f"SPLIT_K={split}: the down GEMM's ~{programs:.0f} programs already fill the {HOPPER_SMS} SMs; "
+                "a split only adds atomics")
+    if programs * split > 2 * HOPPER_SMS:
+        return f"SPLIT_K={split}: ~{programs * split:.0f} programs, more than two waves of {HOPPER_SMS} SMs"
+    if k_steps // split < MIN_SPLIT_K_STEPS:
+        return (f"SPLIT_K={split}: {k_steps} K steps of BLOCK_SIZE_K={config['BLOCK_SIZE_K']} leave each part "
+                f"fewer than {MIN_SPLIT_K_STEPS}")
+    return None
+
+
+def extended_variants(shape: KernelShape, M: int, config: Mapping[str, int], gemm: str, *, winner: bool = True
+                      ) -> list[tuple[dict[str, int], str | None]]:
+    """An engine finalist ``config`` with moekernel's own parameters, each with ``None`` (time it) or why not.
+
+    Every finalist gets each of :data:`TMA_CHOICES` (pruned where the shape's rows cannot have a descriptor:
+    :func:`moekernel.launch_params.tma_problem`): TMA changes how tiles load, so the best tile without it need not
+    be the best with it. The winner (``winner=True``) also gets each of :data:`SPLIT_K_CHOICES` on the down GEMM
+    it drives (pruned by :func:`split_k_reason`), alone and with each TMA mode."""
+    facts = shape.info
     found = []
-    for split in SPLIT_K_CHOICES:
-        variant = {**config, "SPLIT_K": split}
-        if programs >= HOPPER_SMS:
-            reason = (f"SPLIT_K={split}: the down GEMM's ~{programs:.0f} programs already fill the {HOPPER_SMS} SMs; "
-                      "a split only adds atomics")
-        elif programs * split > 2 * HOPPER_SMS:
-            reason = f"SPLIT_K={split}: ~{programs * split:.0f} programs, more than two waves of {HOPPER_SMS} SMs"
-        elif k_steps // split < MIN_SPLIT_K_STEPS:
-            reason = (f"SPLIT_K={split}: {k_steps} K steps of BLOCK_SIZE_K={config['BLOCK_SIZE_K']} leave each part "
-                      f"fewer than {MIN_SPLIT_K_STEPS}")
-        else:
-            reason = None
-        found.append((variant, reason))
+    splits = (1,) + (SPLIT_K_CHOICES if winner and gemm != "up" else ())
+    for split in splits:
+        split_reason = split_k_reason(shape, M, config, split) if split > 1 else None
+        if split_reason:
+            found.append((dict(config, SPLIT_K=split), split_reason))  # one row says why, for every TMA mode
+            continue
+        for tma in (0,) + TMA_CHOICES:
+            if split == 1 and tma == 0:
+                continue  # the finalist itself
+            variant = dict(config, **({"SPLIT_K": split} if split > 1 else {}), **({"TMA": tma} if tma else {}))
+            reason = tma_problem(tma, gemm, shape.N, shape.K, facts.act_bytes, facts.weight_bytes)
+            found.append((variant, reason))
     return found
 
 

@@ -1,0 +1,146 @@
+"""Which TMA modes and tiles pay, per shape and batch size: a probe for choosing the tuner's extended search.
+
+For each key and batch size it takes a base config (vLLM's shipped H200 file where one exists, else moekernel's
+default) and times, on the same inputs and card, in one process: the base, the base with TMA on either GEMM (the
+modes of moekernel.launch_params.EXTENDED_PARAMS), and, from M = 256 on, a few large tiles with and without TMA.
+Every variant's output is checked against the base's. Times: CUDA-graph medians (moekernel.kernel.timing), averaged
+over ``--draws`` routing draws; the table gives each variant's speed-up over the base (>1: faster) and the floor
+fraction of the base and of the best variant (roofline against KNOWN_CEILINGS["NVIDIA_H200"]).
+
+    python benchmarks/tma_probe.py --keys E8-N7168-K4096-top2-bf16 --batch-sizes 1,64,512,4096 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+DEFAULT_KEYS = "E8-N7168-K4096-top2-bf16,E8-N7168-K4096-top2-fp8_w8a8,E128-N384-K2048-top8-bf16"
+DEFAULT_BATCHES = "1,16,64,256,512,1024,2048,4096"
+LARGE_M = 256  # where the large tiles are tried
+
+
+def tma_variants(base: dict) -> dict[str, dict]:
+    """The base config with each TMA mode on the up and the down GEMM."""
+    six = {k: v for k, v in base.items() if k not in ("TMA",)}
+    return {
+        "tma1": dict(six, TMA=1),
+        "tma2": dict(six, TMA=2),
+        "up1-dn2": {"up": dict(six, TMA=1), "down": dict(six, TMA=2)},
+        "up0-dn2": {"up": dict(six, TMA=0), "down": dict(six, TMA=2)},
+    }
+
+
+def large_tiles(block_k: int) -> dict[str, dict]:
+    tiles = {
+        "L128x256w8s3": dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=block_k, GROUP_SIZE_M=8, num_warps=8,
+                             num_stages=3),
+        "L128x256w8s4": dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=block_k, GROUP_SIZE_M=8, num_warps=8,
+                             num_stages=4),
+        "L128x128w4s4": dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=block_k, GROUP_SIZE_M=8, num_warps=4,
+                             num_stages=4),
+        "L64x256w4s4": dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=256, BLOCK_SIZE_K=block_k, GROUP_SIZE_M=8, num_warps=4,
+                            num_stages=4),
+    }
+    out = {}
+    for name, cfg in tiles.items():
+        out[name] = cfg
+        out[name + "-tma2"] = dict(cfg, TMA=2)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", default=DEFAULT_KEYS)
+    parser.add_argument("--batch-sizes", default=DEFAULT_BATCHES)
+    parser.add_argument("--configs", default="benchmarks/vllm-h200-configs")
+    parser.add_argument("--draws", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from moekernel.configs import load_configs, nearest_batch_size
+    from moekernel.heuristics import default_config
+    from moekernel.kernel.moe import make_runner
+    from moekernel.kernel.reference import relative_error
+    from moekernel.kernel.testing import make_inputs, redraw
+    from moekernel.kernel.timing import time_callable
+    from moekernel.roofline import KNOWN_CEILINGS, expected_hit_experts, floor_us
+    from moekernel.shapes import KernelShape
+    from moekernel.tuning.compile import compile_configs
+
+    ceilings = KNOWN_CEILINGS["NVIDIA_H200"]
+    # Without a GPU (TRITON_INTERPRET=1) it runs in the interpreter, to check the script itself on tiny keys.
+    device, backend = ("cuda", "cuda") if torch.cuda.is_available() else ("cpu", "interpret")
+    batch_sizes = [int(m) for m in args.batch_sizes.split(",")]
+    results = []
+    for key in args.keys.split(","):
+        shape = KernelShape.from_key(key)
+        files = load_configs(shape.E, shape.N, shape.config_dtype, shape.block_shape, "NVIDIA_H200",
+                             folders=[args.configs], fallback=False, extended=False)
+        plan = {}
+        for M in batch_sizes:
+            if files:
+                base, origin = dict(files[nearest_batch_size(files, M)]), "vllm-h200"
+            else:
+                base, origin = default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.config_dtype,
+                                              shape.block_shape), "default"
+            variants = {"base": base, **tma_variants(base)}
+            if M >= LARGE_M:
+                variants.update(large_tiles(128 if shape.info.weight_bytes == 1 else 64))
+            plan[M] = (origin, variants)
+        todo = {json.dumps(c, sort_keys=True): c for _, vs in plan.values() for c in vs.values()}
+        t0 = time.monotonic()
+        compiled = compile_configs(shape, batch_sizes[0], [(c, "both") for c in todo.values()], jobs=16)
+        failed = {k for k, r in zip(todo, compiled) if r.status != "ok"}
+        print(f"# {key}: compiled {len(todo)} configs in {time.monotonic() - t0:.0f} s, {len(failed)} failed",
+              flush=True)
+        for M in batch_sizes:
+            origin, variants = plan[M]
+            inputs = make_inputs(shape, M, seed=M, device=device)
+            floor = floor_us(shape, M, expected_hit_experts(shape, M), ceilings)
+            times: dict[str, list[float]] = {}
+            errors: dict[str, str] = {}
+            for draw in range(args.draws):
+                if draw:
+                    inputs = redraw(inputs, shape, M, seed=M, draw=draw)
+                base_out = None
+                for name, cfg in variants.items():
+                    if json.dumps(cfg, sort_keys=True) in failed or name in errors:
+                        errors.setdefault(name, "compile failed")
+                        continue
+                    try:
+                        run = make_runner(inputs, cfg)
+                        out = run().clone()
+                        if base_out is None:
+                            base_out = out
+                        elif (err := relative_error(out, base_out)) > 2e-2:
+                            errors[name] = f"differs from base by {err:.2e}"
+                            continue
+                        times.setdefault(name, []).append(time_callable(run, iters=args.iters, backend=backend).median_us)
+                    except Exception as exc:  # noqa: BLE001 - a probe records what fails and goes on
+                        errors[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    if backend == "cuda":
+                        torch.cuda.synchronize()
+            mean = {n: sum(t) / len(t) for n, t in times.items() if len(t) == args.draws}
+            base_us = mean.get("base")
+            best = min(mean, key=mean.get) if mean else None
+            row = {"key": key, "M": M, "origin": origin, "floor_us": floor, "base_us": base_us, "mean_us": mean,
+                   "errors": errors, "best": best, "configs": variants}
+            results.append(row)
+            speed = " ".join(f"{n}={base_us / t:.3f}" for n, t in mean.items() if n != "base") if base_us else ""
+            print(f"{key} M={M} base({origin}) {base_us:.1f} us frac {floor / base_us:.2f} | best {best} "
+                  f"{mean[best]:.1f} us frac {floor / mean[best]:.2f} | {speed}"
+                  + (f" | errors {errors}" if errors else ""), flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
