@@ -31,6 +31,11 @@ for stage in "$@"; do
     tests) run gpu-tests python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py tests/test_routing.py \
              tests/test_configs.py tests/test_bench.py tests/test_roofline.py tests/test_tuning_*.py \
              tests/test_pipeline_verify.py ;;
+    # The kernel's and the extended search's tests alone (a short lease's check after a kernel change).
+    tests-kernel) run gpu-tests-kernel python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py \
+             tests/test_routing.py tests/test_tuning_extended.py ;;
+    # Pipeline folders an earlier lease of the same machine left behind: start from none.
+    clean) rm -rf "$WORK/run" "$WORK/run-qwen3" "$WORK/tuned" ;;
     # Split-K at small M: our default (extended parameters) against the same default in the engines' six, and
     # vLLM's shipped H200 file on our kernel, one run.
     bench-split) run bench-split python3 -m moekernel.bench --batch-sizes "${BATCHES:-1,2,4,8,16,32,64}" \
@@ -38,6 +43,9 @@ for stage in "$@"; do
     # Which TMA modes and tiles pay on each shape, against vLLM's H200 file or the default (KEYS comma-separated).
     tma-probe) run tma-probe python3 benchmarks/tma_probe.py ${KEYS:+--keys "$KEYS"} ${BATCHES:+--batch-sizes "$BATCHES"} \
              --json "$WORK/tma-probe.json" ;;
+    # Where a call's time goes: the base configs' up and down GEMMs alone, and the rest (alignment, sum, quantization).
+    breakdown) run breakdown python3 benchmarks/tma_probe.py --breakdown --skip-variants --batch-sizes "${BATCHES:-1,64,512,1024,4096}" \
+             --json "$WORK/breakdown.json" ;;
     bench) run bench-bf16 python3 -m moekernel.bench --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-bf16.json" ;;
     bench-fp8) run bench-fp8 python3 -m moekernel.bench --dtype fp8_w8a8 --configs benchmarks/vllm-h100-configs --markdown --json "$WORK/bench-fp8.json" ;;
     # fast and exhaustive at each of BATCHES, each run from an empty Triton cache (pairs: both, M by M). A shard
@@ -74,6 +82,9 @@ for stage in "$@"; do
     # files and, where the split-K search pays, moekernel's own files (bench8 then benches both).
     pipeline-two-dtypes) printf 'models: [mixtral-8x7b]\ntp_sizes: [2]\ndtypes: [bf16, fp8_w8a8]\nbaseline_configs: %s\n' "$PWD/benchmarks/vllm-h200-configs" > "$WORK/$stage.yaml"
           cold run $stage snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run" --configfile "$WORK/$stage.yaml" --cores 16 ;;
+    # The pipeline for Qwen3-30B-A3B tp=2 bf16, all 18 sizes, from an empty Triton cache, in a folder of its own.
+    pipeline-qwen3) printf 'models: [qwen3-30b-a3b]\ntp_sizes: [2]\ndtypes: [bf16]\nbaseline_configs: null\n' > "$WORK/$stage.yaml"
+          cold run $stage snakemake --snakefile "$PWD/Snakefile" --directory "$WORK/run-qwen3" --configfile "$WORK/$stage.yaml" --cores 16 ;;
     # A second key (Mixtral tp=4) at BATCHES, seeded from the first key's shards and not, each from an empty cache;
     # then both sets of winners side by side in one bench run.
     seeded) K4=E8-N3584-K4096-top2-bf16; B=${BATCHES:-1,16,64,256,1024,4096}
@@ -88,8 +99,12 @@ for stage in "$@"; do
           run version-db python3 -c "import duckdb; c = duckdb.connect('$WORK/version/results/tuning.duckdb', read_only=True); print(c.sql('SELECT * FROM versions ORDER BY key, batch_size, current')); print(c.sql('SELECT * FROM version_speedup'))" ;;
     # Our kernel on every shape: default (extended), default-six, the tuned files of the pipeline run, vLLM's files
     # where they exist, torch._grouped_mm. KEYS: the kernel keys.
-    bench8) for k in ${KEYS:-E8-N7168-K4096-top2-bf16 E128-N384-K2048-top8-bf16 E8-N7168-K4096-top2-fp8_w8a8}; do
-            tuned=(); [ -d "$WORK/run/results/configs" ] && tuned=(--tuned "$WORK/run/results/configs")
+    # The pipelines' files (and TUNED's, a folder carried from an earlier lease) gathered into one folder.
+    bench8) mkdir -p "$WORK/tuned"
+          for d in "$WORK/run/results/configs" "$WORK/run-qwen3/results/configs" ${TUNED:-}; do
+            [ -d "$d" ] && cp "$d"/*.json "$WORK/tuned/"; done
+          for k in ${KEYS:-E8-N7168-K4096-top2-bf16 E128-N384-K2048-top8-bf16 E8-N7168-K4096-top2-fp8_w8a8}; do
+            tuned=(); ls "$WORK/tuned"/*.json >/dev/null 2>&1 && tuned=(--tuned "$WORK/tuned")
             run bench8-$k python3 -m moekernel.bench --key $k --configs benchmarks/vllm-h200-configs "${tuned[@]}" --markdown --json "$WORK/bench8-$k.json"
           done ;;
     pipeline) rm -rf /tmp/gpu-run

@@ -58,6 +58,10 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", default="benchmarks/vllm-h200-configs")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the base config's up and down GEMMs alone (the rest of a call: alignment, "
+                             "top-k sum, quantization launches)")
+    parser.add_argument("--skip-variants", action="store_true", help="time the base config only")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -89,13 +93,17 @@ def main(argv=None) -> int:
             else:
                 base, origin = default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.config_dtype,
                                               shape.block_shape), "default"
-            variants = {"base": base, **tma_variants(base)}
-            if M >= LARGE_M:
+            variants = {"base": base}
+            if not args.skip_variants:
+                variants.update(tma_variants(base))
+            if M >= LARGE_M and not args.skip_variants:
                 variants.update(large_tiles(128 if shape.info.weight_bytes == 1 else 64))
             plan[M] = (origin, variants)
         todo = {json.dumps(c, sort_keys=True): c for _, vs in plan.values() for c in vs.values()}
         t0 = time.monotonic()
-        compiled = compile_configs(shape, batch_sizes[0], [(c, "both") for c in todo.values()], jobs=16)
+        scopes = ("both", "up", "down") if args.breakdown else ("both",)
+        compiled = compile_configs(shape, batch_sizes[0], [(c, g) for c in todo.values() for g in scopes], jobs=16)
+        compiled = compiled[::len(scopes)]  # a config fails alike in every scope
         failed = {k for k, r in zip(todo, compiled) if r.status != "ok"}
         print(f"# {key}: compiled {len(todo)} configs in {time.monotonic() - t0:.0f} s, {len(failed)} failed",
               flush=True)
@@ -126,13 +134,22 @@ def main(argv=None) -> int:
                         errors[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
                     if backend == "cuda":
                         torch.cuda.synchronize()
+                if args.breakdown and "base" in times:
+                    for gemm in ("up", "down"):
+                        run = make_runner(inputs, variants["base"], gemm=gemm)
+                        times.setdefault(f"base-{gemm}", []).append(
+                            time_callable(run, iters=args.iters, backend=backend).median_us)
             mean = {n: sum(t) / len(t) for n, t in times.items() if len(t) == args.draws}
             base_us = mean.get("base")
-            best = min(mean, key=mean.get) if mean else None
+            whole = {n: t for n, t in mean.items() if not n.startswith("base-")}
+            best = min(whole, key=whole.get) if whole else None
             row = {"key": key, "M": M, "origin": origin, "floor_us": floor, "base_us": base_us, "mean_us": mean,
                    "errors": errors, "best": best, "configs": variants}
             results.append(row)
-            speed = " ".join(f"{n}={base_us / t:.3f}" for n, t in mean.items() if n != "base") if base_us else ""
+            speed = " ".join(f"{n}={base_us / t:.3f}" for n, t in whole.items() if n != "base") if base_us else ""
+            if args.breakdown and "base-up" in mean:
+                rest = base_us - mean["base-up"] - mean["base-down"]
+                speed += f" | up {mean['base-up']:.1f} us, down {mean['base-down']:.1f} us, rest {rest:.1f} us"
             print(f"{key} M={M} base({origin}) {base_us:.1f} us frac {floor / base_us:.2f} | best {best} "
                   f"{mean[best]:.1f} us frac {floor / mean[best]:.2f} | {speed}"
                   + (f" | errors {errors}" if errors else ""), flush=True)

@@ -128,4 +128,4 @@ def test_the_end_of_run_summary_counts_moekernels_own_files_apart(tmp_path, sour
                         '"E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.moekernel.json"], "unchanged": []}')
     text = summary(path, selected, tmp_path / "configs")
     assert "1 engine config file(s) in" in text and "and 1 of moekernel's own" in text
-    assert "moekernel's own file splits the down GEMM at 1 size(s)" in text
+    assert "moekernel's own file holds its own parameters at 1 size(s)" in text

@@ -416,7 +416,7 @@ def test_bad_tma_is_named(bad, match):
     ("bf16", {}), ("fp16", {}), ("fp8_w8a8", {}), ("fp8_w8a8", {"block_shape": (128, 128)}),
     ("fp8_w8a8", {"per_channel": True}), ("int8_w8a16", {}), ("int8_w8a8", {}), ("int8_w8a8", {"per_channel": True}),
 ])
-@pytest.mark.parametrize("M", [1, 64, 1000])
+@pytest.mark.parametrize("M", [1, 64, 1000, 3000])  # 3000: the alignment in several programs
 def test_gpu_realistic_shapes(dtype, extra, M):
     # Mixtral's expert shape at tp=8 with a quarter of the experts, to keep the reference quick.
     shape = KernelShape(8, 1792, 4096, 2, dtype, **extra)

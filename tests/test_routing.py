@@ -18,7 +18,10 @@ def test_fused_topk_picks_largest_softmax_probabilities(device):
     assert torch.allclose(renorm.sum(1), torch.ones(7, device=device))
 
 
-@pytest.mark.parametrize("M,topk,E,block", [(1, 1, 1, 16), (5, 2, 8, 16), (37, 3, 6, 32), (300, 8, 64, 64), (9, 8, 256, 16)])
+# The last two have more entries than one alignment program takes (ALIGN_ONE_PROGRAM_MAX): the three-launch path,
+# with a partial last chunk.
+@pytest.mark.parametrize("M,topk,E,block", [(1, 1, 1, 16), (5, 2, 8, 16), (37, 3, 6, 32), (300, 8, 64, 64), (9, 8, 256, 16),
+                                            (2500, 2, 8, 64), (700, 8, 128, 16)])
 def test_align_groups_every_entry_once_padded_per_expert(M, topk, E, block, device):
     ids = torch.stack([torch.randperm(E, device=device)[:topk] for _ in range(M)]).to(torch.int32)
     sorted_ids, expert_ids, num_post = moekernel.moe_align_block_size(ids, block, E)
@@ -47,6 +50,26 @@ def test_align_leaves_out_non_local_experts(device):
     real = sorted_ids[:total][sorted_ids[:total] < ids.numel()].cpu()
     assert sorted(real.tolist()) == [1, 2, 4]
     assert expert_ids[: total // 16].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("M", [3, 2600])  # one program; several
+def test_align_leaves_out_non_local_experts_in_every_program(M, device):
+    from moekernel.kernel.routing import align_programs
+
+    gen = torch.Generator().manual_seed(M)
+    ids = torch.randint(0, 6, (M, 2), dtype=torch.int32, generator=gen).to(device)
+    expert_map = torch.tensor([0, -1, 1, -1, 2, 3], dtype=torch.int32, device=device)
+    sorted_ids, expert_ids, num_post = moekernel.moe_align_block_size(ids, 32, 4, expert_map)
+    assert align_programs(ids.numel()) == (1 if M == 3 else 6)  # 5200 entries: 6 chunks of 1024
+    total = int(num_post.item())
+    real = sorted_ids[:total][sorted_ids[:total] < ids.numel()].cpu()
+    flat = ids.flatten().cpu()
+    local = torch.nonzero(expert_map.cpu()[flat.long()] >= 0).flatten()
+    assert sorted(real.tolist()) == local.tolist()
+    for b in range(total // 32):
+        rows = sorted_ids[b * 32:(b + 1) * 32].cpu()
+        rows = rows[rows < ids.numel()]
+        assert torch.all(expert_map.cpu()[flat[rows.long()].long()] == expert_ids[b].item())
 
 
 def test_align_rejects_bad_block_size(device):

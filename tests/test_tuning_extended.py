@@ -10,7 +10,7 @@ from moekernel.backend import kernels_mode
 from moekernel.heuristics import HOPPER_SMS, default_config
 from moekernel.shapes import KernelShape
 from moekernel.tuning import read_shard, tune
-from moekernel.tuning.space import extended_variants, split_k_reason
+from moekernel.tuning.space import config_str, extended_default, extended_variants, split_k_reason
 
 moe = importlib.import_module("moekernel.kernel.moe")
 BACKEND = "cuda" if kernels_mode() == "cuda" else "interpret"
@@ -63,10 +63,11 @@ def test_tma_is_pruned_where_rows_cannot_have_a_descriptor():
 
 
 def fake_runners(monkeypatch, ms_by_own):
-    """make_runner returns a sleep of ms_by_own[(SPLIT_K, TMA)] ms, 14 for any other; num_stages 3 is 5 ms slower
-    (a clear engine winner, and a second finalist whose variants lose too)."""
+    """make_runner returns a sleep of ms_by_own[(SPLIT_K, TMA, num_stages)] or [(SPLIT_K, TMA)] ms, 14 for any
+    other; num_stages 3 is 5 ms slower (a clear engine winner, and a second finalist whose variants lose too)."""
     def fake(inputs, config, gemm="both"):
-        ms = ms_by_own.get(own(config), 14) + 5 * (config["num_stages"] == 3)
+        ms = ms_by_own.get(own(config) + (config["num_stages"],), ms_by_own.get(own(config), 14))
+        ms += 5 * (config["num_stages"] == 3)
         return lambda: time.sleep(ms / 1000)
 
     monkeypatch.setattr(moe, "make_runner", fake)
@@ -78,6 +79,7 @@ def fake_runners(monkeypatch, ms_by_own):
     ({(1, 0): 10, (2, 2): 5}, (2, 2)),  # the split with TMA
     ({(1, 0): 10, (1, 1): 5}, (1, 1)),  # TMA on the weights alone
     ({(1, 0): 10}, (1, 0)),  # nothing does: the winner is the extended winner too
+    ({(1, 0): 10, (2, 1, 4): 6}, (2, 1)),  # moekernel's extended default does (four stages: not the winner's six)
 ])
 def test_the_extended_winner_is_the_engine_winner_or_a_variant_that_pays(tmp_path, monkeypatch, ms_by_own,
                                                                          extended_own):
@@ -90,16 +92,19 @@ def test_the_extended_winner_is_the_engine_winner_or_a_variant_that_pays(tmp_pat
     (extended,) = frame[frame["extended_winner"].fillna(False).astype(bool)].itertuples(index=False)
     six = ["BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"]
     assert (extended.SPLIT_K, extended.TMA) == extended_own
-    assert [getattr(extended, p) for p in six] == [getattr(winner, p) for p in six]
+    default = extended_default(SHAPE, 2)
+    expected_six = default if extended_own == (2, 1) else winner._asdict()
+    assert [getattr(extended, p) for p in six] == [expected_six[p] for p in six]
     assert len(extended.draw_us) == 2  # timed on every draw, like the finalists
     if extended_own != (1, 0):
         assert extended.verified  # the op with its own parameters was checked against the reference
-        text = " ".join(f"{p}={v}" for p, v, default in zip(("SPLIT_K", "TMA"), extended_own, (1, 0)) if v != default)
-        assert f"with moekernel's own parameters both M16 N32 K64 G1 w4 s2 {text}" in frame.attrs["summary"]
-    # Every variant is a row; those not tried say why. The winner gets TMA and SPLIT_K, the other finalist TMA.
+        assert f"with moekernel's own parameters both {config_str(extended._asdict())} " in frame.attrs["summary"]
+    # Every variant is a row; those not tried say why. The winner gets TMA and SPLIT_K, the other finalist TMA, and
+    # moekernel's extended default (four stages, SPLIT_K 2 and TMA 1 here) is timed beside them.
     variants = frame[(frame["SPLIT_K"] > 1) | (frame["TMA"] > 0)]
     by_stages = {s: sorted(zip(g["SPLIT_K"], g["TMA"])) for s, g in variants.groupby("num_stages")}
     # (8 K steps: SPLIT_K 4 and 8 leave too few per part, so each is one pruned row.)
-    assert by_stages == {2: [(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (4, 0), (8, 0)], 3: [(1, 1), (1, 2)]}
+    assert by_stages == {2: [(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (4, 0), (8, 0)], 3: [(1, 1), (1, 2)],
+                         4: [(2, 1)]}
     assert variants[variants["status"] == "pruned"]["error"].str.contains("K steps").all()
     assert read_shard(out).num_rows == len(frame)

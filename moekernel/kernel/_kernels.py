@@ -232,6 +232,63 @@ def _local_expert(topk_ids_ptr, expert_map_ptr, offs, numel, num_experts, HAS_MA
     return e, valid & (e >= 0) & (e < num_experts)
 
 
+@triton.jit
+def _zero_amax(amax_ptr, NUM_AMAX: tl.constexpr):
+    # This call's running maxima for dynamic per-tensor scales start from zero (the alignment runs first).
+    if NUM_AMAX > 0:
+        tl.store(amax_ptr + tl.arange(0, NUM_AMAX), tl.zeros((NUM_AMAX,), dtype=tl.float32))
+
+
+@triton.jit
+def _fill_padding(sorted_ids_ptr, start, stop, max_padded, numel, CHUNK: tl.constexpr):
+    """sorted_ids[start:stop] = numel (the padding id), within max_padded."""
+    chunk = tl.arange(0, CHUNK)
+    for first in range(start, stop, CHUNK):
+        offs = first + chunk
+        tl.store(sorted_ids_ptr + offs, numel, mask=(offs < stop) & (offs < max_padded))
+
+
+@triton.jit
+def _count_chunk(topk_ids_ptr, expert_map_ptr, first, numel, num_experts, HAS_MAP: tl.constexpr,
+                 NUM_BINS: tl.constexpr, CHUNK: tl.constexpr):
+    """Entries per local expert among entries first..first+CHUNK-1."""
+    e, valid = _local_expert(topk_ids_ptr, expert_map_ptr, first + tl.arange(0, CHUNK), numel, num_experts, HAS_MAP)
+    # Skipped entries (other ranks' experts, and ids out of range) land in bin num_experts, never placed.
+    return tl.histogram(tl.where(valid, e, num_experts), NUM_BINS)
+
+
+@triton.jit
+def _expert_runs(counts, expert_ids_ptr, num_post_ptr, num_experts, max_blocks, BLOCK_SIZE_M: tl.constexpr,
+                 NUM_BINS: tl.constexpr, BLOCK_CHUNK: tl.constexpr):
+    """Pad each expert's run to BLOCK_SIZE_M: store the used length and every block's expert; returns each run's
+    first slot."""
+    bins = tl.arange(0, NUM_BINS)
+    counts = tl.where(bins < num_experts, counts, 0)
+    padded = (counts + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M
+    ends = tl.cumsum(padded, 0)
+    total = tl.sum(padded, 0)
+    tl.store(num_post_ptr, total)
+    block_chunk = tl.arange(0, BLOCK_CHUNK)
+    for start in range(0, max_blocks, BLOCK_CHUNK):
+        blocks = start + block_chunk
+        first_row = blocks * BLOCK_SIZE_M
+        # The expert of a block is the number of experts whose padded run ends at or before its first row.
+        owner = tl.sum((ends[None, :] <= first_row[:, None]).to(tl.int32), axis=1)
+        owner = tl.where(first_row < total, owner, -1)
+        tl.store(expert_ids_ptr + blocks, owner, mask=blocks < max_blocks)
+    return ends - padded
+
+
+@triton.jit
+def _place_chunk(topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, cursor_ptr, first, numel, num_experts,
+                 HAS_MAP: tl.constexpr, CHUNK: tl.constexpr):
+    """Each entry of first..first+CHUNK-1 takes the next slot of its expert's cursor."""
+    offs = first + tl.arange(0, CHUNK)
+    e, valid = _local_expert(topk_ids_ptr, expert_map_ptr, offs, numel, num_experts, HAS_MAP)
+    slot = tl.atomic_add(cursor_ptr + e, 1, mask=valid)
+    tl.store(sorted_ids_ptr + slot, offs, mask=valid)
+
+
 @triton.jit(do_not_specialize=["numel", "max_padded", "max_blocks"])
 def _moe_align(
     topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, cursor_ptr, amax_ptr,
@@ -244,45 +301,65 @@ def _moe_align(
     Runs on the device without a host round trip, so it can sit inside a CUDA graph. Tokens routed to experts that
     are not local (expert_map == -1) are left out; a token's slot inside its expert's run is taken with an atomic
     add, so the order inside a run is arbitrary (each row is computed on its own, so the result does not depend on it).
+    One program keeps a small call to one launch; many entries take the three launches of _moe_align_count,
+    _moe_align_scan and _moe_align_place instead, whose atomics spread over many programs.
     """
-    bins = tl.arange(0, NUM_BINS)
-    chunk = tl.arange(0, CHUNK)
-    if NUM_AMAX > 0:
-        # This call's running maxima for dynamic per-tensor scales start from zero.
-        tl.store(amax_ptr + tl.arange(0, NUM_AMAX), tl.zeros((NUM_AMAX,), dtype=tl.float32))
-
-    for start in range(0, max_padded, CHUNK):
-        offs = start + chunk
-        tl.store(sorted_ids_ptr + offs, numel, mask=offs < max_padded)
-
+    _zero_amax(amax_ptr, NUM_AMAX)
+    _fill_padding(sorted_ids_ptr, 0, max_padded, max_padded, numel, CHUNK)
     counts = tl.zeros((NUM_BINS,), dtype=tl.int32)
     for start in range(0, numel, CHUNK):
-        e, valid = _local_expert(topk_ids_ptr, expert_map_ptr, start + chunk, numel, num_experts, HAS_MAP)
-        # Skipped entries (other ranks' experts, and ids out of range) land in bin num_experts, never placed.
-        counts += tl.histogram(tl.where(valid, e, num_experts), NUM_BINS)
-    counts = tl.where(bins < num_experts, counts, 0)
-    padded = (counts + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M
-    ends = tl.cumsum(padded, 0)
-    total = tl.sum(padded, 0)
-    tl.store(num_post_ptr, total)
-    tl.store(cursor_ptr + bins, ends - padded)
-
-    block_chunk = tl.arange(0, BLOCK_CHUNK)
-    for start in range(0, max_blocks, BLOCK_CHUNK):
-        blocks = start + block_chunk
-        first_row = blocks * BLOCK_SIZE_M
-        # The expert of a block is the number of experts whose padded run ends at or before its first row.
-        owner = tl.sum((ends[None, :] <= first_row[:, None]).to(tl.int32), axis=1)
-        owner = tl.where(first_row < total, owner, -1)
-        tl.store(expert_ids_ptr + blocks, owner, mask=blocks < max_blocks)
-
-    tl.debug_barrier()  # the cursors and the sentinel fill above must be visible to every thread below
-
+        counts += _count_chunk(topk_ids_ptr, expert_map_ptr, start, numel, num_experts, HAS_MAP, NUM_BINS, CHUNK)
+    starts = _expert_runs(counts, expert_ids_ptr, num_post_ptr, num_experts, max_blocks, BLOCK_SIZE_M, NUM_BINS,
+                          BLOCK_CHUNK)
+    tl.store(cursor_ptr + tl.arange(0, NUM_BINS), starts)
+    tl.debug_barrier()  # the cursors and the padding fill above must be visible to every thread below
     for start in range(0, numel, CHUNK):
-        offs = start + chunk
-        e, valid = _local_expert(topk_ids_ptr, expert_map_ptr, offs, numel, num_experts, HAS_MAP)
-        slot = tl.atomic_add(cursor_ptr + e, 1, mask=valid)
-        tl.store(sorted_ids_ptr + slot, offs, mask=valid)
+        _place_chunk(topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, cursor_ptr, start, numel, num_experts, HAS_MAP,
+                     CHUNK)
+
+
+@triton.jit(do_not_specialize=["numel", "max_padded", "fill_per_program"])
+def _moe_align_count(
+    topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, counts_ptr, amax_ptr, numel, max_padded, fill_per_program,
+    num_experts, NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr, NUM_AMAX: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Many programs, one CHUNK of entries each: its count per expert (counts[program]), and its share of the
+    padding fill."""
+    pid = tl.program_id(0)
+    if pid == 0:
+        _zero_amax(amax_ptr, NUM_AMAX)
+    _fill_padding(sorted_ids_ptr, pid * fill_per_program, (pid + 1) * fill_per_program, max_padded, numel, CHUNK)
+    counts = _count_chunk(topk_ids_ptr, expert_map_ptr, pid * CHUNK, numel, num_experts, HAS_MAP, NUM_BINS, CHUNK)
+    tl.store(counts_ptr + pid * NUM_BINS + tl.arange(0, NUM_BINS), counts)
+
+
+@triton.jit(do_not_specialize=["programs", "max_blocks"])
+def _moe_align_scan(
+    counts_ptr, cursor_ptr, expert_ids_ptr, num_post_ptr, programs, max_blocks, num_experts,
+    BLOCK_SIZE_M: tl.constexpr, NUM_BINS: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
+):
+    """One program: the expert runs from every program's counts, and each program's first slot per expert (its
+    cursors: the run's start plus the entries of that expert in earlier programs)."""
+    bins = tl.arange(0, NUM_BINS)
+    counts = tl.zeros((NUM_BINS,), dtype=tl.int32)
+    for p in range(0, programs):
+        counts += tl.load(counts_ptr + p * NUM_BINS + bins)
+    running = _expert_runs(counts, expert_ids_ptr, num_post_ptr, num_experts, max_blocks, BLOCK_SIZE_M, NUM_BINS,
+                           BLOCK_CHUNK)
+    for p in range(0, programs):
+        tl.store(cursor_ptr + p * NUM_BINS + bins, running)
+        running += tl.load(counts_ptr + p * NUM_BINS + bins)
+
+
+@triton.jit(do_not_specialize=["numel"])
+def _moe_align_place(
+    topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, cursor_ptr, numel, num_experts,
+    NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Many programs, as _moe_align_count's: each places its chunk's entries from its own cursors."""
+    pid = tl.program_id(0)
+    _place_chunk(topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, cursor_ptr + pid * NUM_BINS, pid * CHUNK, numel,
+                 num_experts, HAS_MAP, CHUNK)
 
 
 @triton.jit(do_not_specialize=["numel"])

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 import triton
 
-from ._kernels import _moe_align
+from ._kernels import _moe_align, _moe_align_count, _moe_align_place, _moe_align_scan
+
+#: Entries (tokens x top-k) one alignment program takes at a time.
+ALIGN_CHUNK = 1024
+#: Up to this many entries the alignment is one launch of one program; beyond, three launches spread the counting
+#: and the placing over a program per ALIGN_CHUNK entries. On an H200 one program took ~5 us per chunk (its atomic
+#: adds one chunk after another: ~170 us of a 630 us call for Qwen3-30B-A3B at M = 4096, top-8, 48 us with the
+#: three launches), two launches more cost a few us.
+ALIGN_ONE_PROGRAM_MAX = 2 * ALIGN_CHUNK
 
 
 def fused_topk(
@@ -58,13 +66,21 @@ def moe_align_block_size(
     return sorted_ids, expert_ids, num_post
 
 
+def align_programs(numel: int) -> int:
+    """Programs the alignment of ``numel`` entries counts and places with (1: the one-launch kernel)."""
+    return 1 if numel <= ALIGN_ONE_PROGRAM_MAX else triton.cdiv(numel, ALIGN_CHUNK)
+
+
 def align_buffers(numel: int, num_experts: int, block_size: int, device):
     """Empty (sorted_token_ids, expert_ids, num_tokens_post_padded, cursor) for aligning ``numel`` entries; the
-    cursor is the alignment kernel's per-expert scratch."""
+    cursor is the alignment's scratch: a cursor per expert, or, with several programs, each program's counts and
+    cursors per expert."""
     max_padded = max_padded_tokens(numel, num_experts, block_size)
+    programs = align_programs(numel)
+    scratch = align_bins(num_experts) * (1 if programs == 1 else 2 * programs)
     i32 = dict(dtype=torch.int32, device=device)
     return (torch.empty(max_padded, **i32), torch.empty(triton.cdiv(max_padded, block_size), **i32),
-            torch.empty(1, **i32), torch.empty(align_bins(num_experts), **i32))
+            torch.empty(1, **i32), torch.empty(scratch, **i32))
 
 
 def align_bins(num_experts: int) -> int:
@@ -81,12 +97,29 @@ def launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expe
     runs first in every call.
     """
     bins = align_bins(num_experts)
-    args = [topk_ids, expert_map, sorted_ids, expert_ids, num_post, cursor, amax,
-            topk_ids.numel(), sorted_ids.numel(), expert_ids.numel(), num_experts]
-    meta = dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, HAS_MAP=expert_map is not None,
-                NUM_AMAX=0 if amax is None else amax.numel(),
-                CHUNK=1024, BLOCK_CHUNK=max(16, 8192 // bins), num_warps=8)
-    if warmup:
-        _moe_align.warmup(*[a.dtype if isinstance(a, torch.Tensor) else a for a in args], grid=(1,), **meta)
+    numel, max_padded, max_blocks = topk_ids.numel(), sorted_ids.numel(), expert_ids.numel()
+    has_map, num_amax = expert_map is not None, 0 if amax is None else amax.numel()
+    block_chunk = max(16, 8192 // bins)
+    programs = align_programs(numel)
+    if programs == 1:
+        launches = [(_moe_align, (1,), [topk_ids, expert_map, sorted_ids, expert_ids, num_post, cursor, amax, numel,
+                                        max_padded, max_blocks, num_experts],
+                     dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, HAS_MAP=has_map, NUM_AMAX=num_amax,
+                          CHUNK=ALIGN_CHUNK, BLOCK_CHUNK=block_chunk, num_warps=8))]
     else:
-        _moe_align[(1,)](*args, **meta)
+        counts, cursors = cursor[:programs * bins], cursor[programs * bins:]
+        fill = triton.cdiv(triton.cdiv(max_padded, programs), ALIGN_CHUNK) * ALIGN_CHUNK
+        launches = [
+            (_moe_align_count, (programs,), [topk_ids, expert_map, sorted_ids, counts, amax, numel, max_padded, fill,
+                                             num_experts],
+             dict(NUM_BINS=bins, HAS_MAP=has_map, NUM_AMAX=num_amax, CHUNK=ALIGN_CHUNK, num_warps=8)),
+            (_moe_align_scan, (1,), [counts, cursors, expert_ids, num_post, programs, max_blocks, num_experts],
+             dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, BLOCK_CHUNK=block_chunk, num_warps=8)),
+            (_moe_align_place, (programs,), [topk_ids, expert_map, sorted_ids, cursors, numel, num_experts],
+             dict(NUM_BINS=bins, HAS_MAP=has_map, CHUNK=ALIGN_CHUNK, num_warps=8)),
+        ]
+    for kernel, grid, args, meta in launches:
+        if warmup:
+            kernel.warmup(*[a.dtype if isinstance(a, torch.Tensor) else a for a in args], grid=grid, **meta)
+        else:
+            kernel[grid](*args, **meta)

@@ -49,7 +49,7 @@ def summary(db_path, selected_path, configs_dir) -> str:
     for key, device, backend, sizes, geomean, worst, default_sizes, split_sizes in rows:
         interpreted |= backend == "interpret"
         held = f"; {default_sizes} size(s) keep the default" if default_sizes else ""
-        held += f"; moekernel's own file splits the down GEMM at {split_sizes} size(s)" if split_sizes else ""
+        held += f"; moekernel's own file holds its own parameters at {split_sizes} size(s)" if split_sizes else ""
         lines.append(f"  {key} on {device}: {geomean:.2f}x the default config (geomean over {sizes} batch sizes, "
                      f"worst {worst:.2f}x, on held-out routing){held}")
     if interpreted:

@@ -21,7 +21,7 @@ from .measure import Measurements, now
 from .seeds import heuristic_seeds
 from .select import Checker, Selection
 from .settings import TuneSettings
-from .space import (Candidate, config_str, device_smem_limit, extended_variants, format_duration,
+from .space import (Candidate, config_str, device_smem_limit, extended_default, extended_variants, format_duration,
                     interpreter_seconds, prune)
 from .strategies import Fast
 
@@ -175,8 +175,9 @@ class TuneJob:
         """moekernel's own parameters around the engine search's result
         (:func:`moekernel.tuning.space.extended_variants`, pruned with reasons): TMA on the winner and on the other
         finalists timed on every draw beside it (same scope and BLOCK_SIZE_M), SPLIT_K (alone and with TMA) on the
-        winner's down GEMM. The variants are timed like finalists, on every routing draw; the extended winner is
-        the best of them and the winner (:meth:`Selection.pick_extended`), the winner itself where none pays."""
+        winner's down GEMM, and (for a whole-op winner) moekernel's extended default. The variants are timed like
+        finalists, on every routing draw; the extended winner is the best of them and the winner
+        (:meth:`Selection.pick_extended`), the winner itself where none pays."""
         rows, base = self.meas.rows, self.base_row()
         winners = {c.gemm: c for c in rows if rows[c]["winner"]}
         for winner in winners.values():
@@ -193,6 +194,10 @@ class TuneJob:
                                   "status": "pruned" if reason else "ok"}
                     if reason is None:
                         variants.append(cand)
+            default = Candidate.of(extended_default(self.shape, self.M), winner.gemm)
+            if winner.gemm == "both" and default not in rows:
+                rows[default] = {**base, **default.config, "gemm": "both", "error": None, "status": "ok"}
+                variants.append(default)
             best = winner
             if variants:
                 self.meas(variants, self.settings.iters)

@@ -34,7 +34,8 @@ def seeds_from_shard(path, shape: KernelShape | None, scopes: Sequence[str], top
     if shape is not None and not (frame["key"] == shape.key).all():
         raise ValueError(f"--seed-from {path}: not a shard of {shape.key}")
     seeds = set()
-    ok = frame[frame["status"] == "ok"]
+    # The engines' search only: a variant with moekernel's own parameters repeats a finalist's six.
+    ok = frame[(frame["status"] == "ok") & ~shard_io.extended_rows(frame)]
     for gemm, part in ok.groupby("gemm"):
         final = part[part["iters"] == part["iters"].max()].nsmallest(top, "time_us")
         picks = pd.concat([part[part["winner"]], final])

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from .. import launch_params
-from ..heuristics import HOPPER_SMEM_BYTES, HOPPER_SMS, MIN_SPLIT_K_STEPS, down_grid
-from ..launch_params import EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_WEIGHTS, tma_problem
+from ..heuristics import HOPPER_SMEM_BYTES, HOPPER_SMS, MIN_SPLIT_K_STEPS, default_config, down_grid, is_split
+from ..launch_params import DOWN_ONLY_PARAMS, EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_WEIGHTS, tma_problem
 from ..shapes import KernelShape
 
 
@@ -206,6 +206,17 @@ def extended_variants(shape: KernelShape, M: int, config: Mapping[str, int], gem
             reason = tma_problem(tma, gemm, shape.N, shape.K, facts.act_bytes, facts.weight_bytes)
             found.append((variant, reason))
     return found
+
+
+def extended_default(shape: KernelShape, M: int) -> dict[str, int]:
+    """moekernel's default with its own parameters (what its runtime falls back to without a file) as one config for
+    both GEMMs: the extended search times it too, so moekernel's own file is never slower than having none."""
+    config = default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.config_dtype, shape.block_shape,
+                            extended=True)
+    if not is_split(config):
+        return config
+    # The default differs between the GEMMs only in down-only parameters (SPLIT_K): one dict says the same.
+    return {**config["up"], **{p: config["down"][p] for p in DOWN_ONLY_PARAMS if p in config["down"]}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
