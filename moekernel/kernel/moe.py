@@ -1,9 +1,10 @@
 """The fused MoE: align tokens by expert, up GEMM with the activation fused in, down GEMM, sum over top-k.
 
-Launches per call: one alignment kernel, one up-GEMM kernel (x·w1 gate and up halves with silu(gate)*up in its
-epilogue, so the [tokens, 2N] intermediate never reaches memory), activation quantization where the dtype needs
-it, one down-GEMM kernel (routing weight in its epilogue) and one top-k sum (skipped for top-1 without an
-expert map). A down GEMM with SPLIT_K > 1 adds one zero fill of its float32 output, and always needs the sum.
+Launches per call: the alignment (one kernel, or three beyond 2048 tokens x top-k: moekernel.kernel.routing),
+one up-GEMM kernel (x·w1 gate and up halves with silu(gate)*up in its epilogue, so the [tokens, 2N] intermediate
+never reaches memory), activation quantization where the dtype needs it, one down-GEMM kernel (routing weight in
+its epilogue) and one top-k sum (skipped for top-1 without an expert map). A down GEMM with SPLIT_K > 1 adds one
+zero fill of its float32 output, and always needs the sum.
 
 Config semantics match the engines' files: BLOCK_SIZE_N of the up GEMM counts weight rows, gate and up together,
 so a file tuned for vLLM's kernel puts the same tile footprint on this one. Beyond the engines' six parameters a

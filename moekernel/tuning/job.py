@@ -15,7 +15,6 @@ from ..backend import interpreter_size_problem
 from ..configs import interpreter_device_name
 from ..shapes import KernelShape
 from . import shard as shard_io
-from .shard import extended_rows
 from .compile import CompilePool
 from .measure import Measurements, now
 from .seeds import heuristic_seeds
@@ -194,10 +193,11 @@ class TuneJob:
                                   "status": "pruned" if reason else "ok"}
                     if reason is None:
                         variants.append(cand)
-            default = Candidate.of(extended_default(self.shape, self.M), winner.gemm)
-            if winner.gemm == "both" and default not in rows:
-                rows[default] = {**base, **default.config, "gemm": "both", "error": None, "status": "ok"}
-                variants.append(default)
+            if winner.gemm == "both":
+                default = Candidate.of(extended_default(self.shape, self.M), "both")
+                if default not in rows:
+                    rows[default] = {**base, **default.config, "gemm": "both", "error": None, "status": "ok"}
+                    variants.append(default)
             best = winner
             if variants:
                 self.meas(variants, self.settings.iters)
@@ -217,7 +217,7 @@ class TuneJob:
         return lambda c: {gemm: c.config, other.gemm: other.config}
 
     def summary(self, frame: pd.DataFrame, wall: float) -> str:
-        own = extended_rows(frame)
+        own = shard_io.extended_rows(frame)
         variants, frame = frame[own], frame[~own]  # the engines' search; the variants are counted apart
         status = frame["status"]
         failed = int(status.isin(FAILED).sum())

@@ -141,11 +141,6 @@ class Candidate(NamedTuple):
         return cls(config_id(config), gemm, extended_id(config))
 
     @property
-    def is_engine(self) -> bool:
-        """Whether an engine file (and vLLM's kernel) can hold this config: no parameter of moekernel's own set."""
-        return self.extended == ENGINE_EXTENDED
-
-    @property
     def config(self) -> dict[str, int]:
         config = dict(zip(PARAMS, self.cid))
         config.update({p: v for (p, default), v in zip(EXTENDED_PARAMS.items(), self.extended) if v != default})
