@@ -277,15 +277,16 @@ def test_split_k_top1_sums_instead_of_writing_directly(split_k, device):
     assert not call.ws.direct
 
 
+@pytest.mark.parametrize("own", [{"SPLIT_K": 2}, {"TMA": 2}], ids=["split-k", "tma"])
 @pytest.mark.parametrize("dtype", ["fp16", "fp8_w8a8"])
-def test_split_k_expert_parallel(dtype, device):
+def test_own_parameters_with_expert_parallel(dtype, own, device):
     # 6 global experts, this rank holds 0, 2, 4 and 5; tokens 0-2 pick only foreign ones and must come out zero.
     inputs = make_inputs(KernelShape(4, 128, 64, 2, dtype), 10, device=device)
     inputs.expert_map = torch.tensor([0, -1, 1, -1, 2, 3], dtype=torch.int32, device=device)
     gen = torch.Generator().manual_seed(7)
     inputs.topk_ids = torch.randint(0, 6, (10, 2), dtype=torch.int32, generator=gen).to(device)
     inputs.topk_ids[:3] = torch.tensor([1, 3], dtype=torch.int32, device=device)
-    _, out = check_split(inputs, dict(SPLIT, SPLIT_K=2), BOUND[dtype])
+    _, out = check_split(inputs, dict(SPLIT, **own), BOUND[dtype])
     assert torch.all(out[:3] == 0)
 
 
@@ -367,17 +368,6 @@ def test_tma_sorted_intermediate_holds_zeros_in_padding_slots(device):
     assert call.ws.inter.shape[0] == call.ws.sorted_ids.numel() and padding.any()
     assert torch.all(call.ws.inter[:used][padding] == 0)
     assert torch.isfinite(call.ws.inter[:used]).all()
-
-
-@pytest.mark.parametrize("dtype", ["fp16", "fp8_w8a8"])
-def test_tma_expert_parallel(dtype, device):
-    inputs = make_inputs(KernelShape(4, 128, 64, 2, dtype), 10, device=device)
-    inputs.expert_map = torch.tensor([0, -1, 1, -1, 2, 3], dtype=torch.int32, device=device)
-    gen = torch.Generator().manual_seed(7)
-    inputs.topk_ids = torch.randint(0, 6, (10, 2), dtype=torch.int32, generator=gen).to(device)
-    inputs.topk_ids[:3] = torch.tensor([1, 3], dtype=torch.int32, device=device)
-    _, out = check_split(inputs, dict(SPLIT, TMA=2), BOUND[dtype])
-    assert torch.all(out[:3] == 0)
 
 
 @pytest.mark.parametrize("shape,static", [
