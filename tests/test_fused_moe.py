@@ -374,6 +374,18 @@ def test_tma_with_split_k(shape, static, device):
     check_split(inputs, dict(SPLIT, SPLIT_K=2, TMA=2), BOUND[shape.dtype], again=True)
 
 
+def test_tma_reads_weights_whose_rows_are_padded(device):
+    # Weights that are a slice of wider rows (row stride K + 8): the descriptor must step by the real stride.
+    inputs = make_inputs(DTYPE_SHAPES[0], 9, device=device)
+    for name in ("w1", "w2"):
+        w = getattr(inputs, name)
+        wide = torch.zeros(*w.shape[:2], w.shape[2] + 8, dtype=w.dtype, device=device)
+        wide[:, :, :w.shape[2]] = w
+        setattr(inputs, name, wide[:, :, :w.shape[2]])
+    out = make_runner(inputs, dict(SMALL, TMA=2))()
+    assert relative_error(out, fused_experts_ref(**inputs.kwargs())) < BOUND["fp16"]
+
+
 def test_tma_refuses_rows_a_descriptor_cannot_hold(device):
     # int8 weights with N=40: each w2 row is 40 bytes, not a multiple of 16.
     inputs = make_inputs(KernelShape(4, 40, 72, 2, "int8_w8a16"), 3, device=device)

@@ -199,11 +199,12 @@ def _descriptor(t: torch.Tensor, block: list[int], what: str) -> TensorDescripto
 
 
 def _weight_rows(b: torch.Tensor) -> torch.Tensor:
-    """Weights [E, rows, k] as one [E x rows, k] matrix, for one descriptor over every expert."""
+    """Weights [E, rows, k] as one [E x rows, k] matrix (a view, never a copy), for one descriptor over every
+    expert."""
     if b.stride(0) != b.shape[1] * b.stride(1):
         raise ValueError("TMA needs each expert's weights right after the previous expert's (a [E, rows, k] tensor "
                          "whose experts are not strided apart); use a config with TMA=0")
-    return b.view(b.shape[0] * b.shape[1], b.shape[2]) if b.is_contiguous() else b.reshape(-1, b.shape[2])
+    return b.view(b.shape[0] * b.shape[1], b.shape[2])
 
 
 def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, interpret,
