@@ -129,7 +129,8 @@ def main(argv=None) -> int:
                         elif (err := relative_error(out, base_out)) > 2e-2:
                             errors[name] = f"differs from base by {err:.2e}"
                             continue
-                        times.setdefault(name, []).append(time_callable(run, iters=args.iters, backend=backend).median_us)
+                        timing = time_callable(run, iters=args.iters, backend=backend)
+                        times.setdefault(name, []).append(timing.median_us)
                     except Exception as exc:  # noqa: BLE001 - a probe records what fails and goes on
                         errors[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
                     if backend == "cuda":

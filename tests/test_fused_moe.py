@@ -418,7 +418,8 @@ def test_gpu_realistic_shapes(dtype, extra, M):
     small_m = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
     large_m = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=3)
     for cfg in (small_m, dict(small_m, SPLIT_K=2), dict(small_m, SPLIT_K=4), large_m, dict(small_m, TMA=1),
-                dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2), {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}):
+                dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2),
+                {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}):
         inputs = make_inputs(shape, M, device="cuda", seed=M)
         out = run_poisoned(inputs, cfg)
         err = relative_error(out, fused_experts_ref(**inputs.kwargs()))

@@ -20,8 +20,8 @@ def test_fused_topk_picks_largest_softmax_probabilities(device):
 
 # The last two have more entries than one alignment program takes (ALIGN_ONE_PROGRAM_MAX): the three-launch path,
 # with a partial last chunk.
-@pytest.mark.parametrize("M,topk,E,block", [(1, 1, 1, 16), (5, 2, 8, 16), (37, 3, 6, 32), (300, 8, 64, 64), (9, 8, 256, 16),
-                                            (2500, 2, 8, 64), (700, 8, 128, 16)])
+@pytest.mark.parametrize("M,topk,E,block", [(1, 1, 1, 16), (5, 2, 8, 16), (37, 3, 6, 32), (300, 8, 64, 64),
+                                            (9, 8, 256, 16), (2500, 2, 8, 64), (700, 8, 128, 16)])
 def test_align_groups_every_entry_once_padded_per_expert(M, topk, E, block, device):
     ids = torch.stack([torch.randperm(E, device=device)[:topk] for _ in range(M)]).to(torch.int32)
     sorted_ids, expert_ids, num_post = moekernel.moe_align_block_size(ids, block, E)

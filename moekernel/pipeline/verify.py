@@ -13,8 +13,8 @@ A winner fitted to the tuner's draws can lose elsewhere: where tuned is slower t
 for that size. The ``emitted`` column says which config the file holds; ``vs_default``/``vs_default_worst`` the
 mean and worst default/tuned ratios. Where the tuner found a faster config with moekernel's own parameters
 (``extended``: SPLIT_K or TMA on the winner or a finalist), it is timed too, and its ``emitted`` says whether
-moekernel's own config file holds it (:func:`decide`); an engine file never can. Rows go to the database's ``comparisons`` table;
-in the Triton interpreter the timings are meaningless and rows say so in ``note``.
+moekernel's own config file holds it (:func:`decide`); an engine file never can. Rows go to the database's
+``comparisons`` table; in the Triton interpreter the timings are meaningless and rows say so in ``note``.
 """
 
 from __future__ import annotations
