@@ -24,7 +24,7 @@ LARGE_M = 256  # where the large tiles are tried
 
 def tma_variants(base: dict) -> dict[str, dict]:
     """The base config with each TMA mode on the up and the down GEMM."""
-    six = {k: v for k, v in base.items() if k not in ("TMA",)}
+    six = dict(base)  # the engines' six parameters (a vLLM file's entry, or the six-parameter default)
     return {
         "tma1": dict(six, TMA=1),
         "tma2": dict(six, TMA=2),

@@ -31,7 +31,7 @@ from ..heuristics import default_config, is_split, up_down
 from ..launch_params import EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_OFF
 from . import _kernels
 from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
-from .routing import align_buffers, fused_topk, launch_align
+from .routing import align_buffers, fused_topk, launch_align, warmup_args
 
 _OVERRIDES: list = []
 
@@ -236,14 +236,8 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:
-        return _kernels._fused_moe_gemm.warmup(*_warmup_args(args), grid=grid, **meta)
+        return _kernels._fused_moe_gemm.warmup(*warmup_args(args), grid=grid, **meta)
     _kernels._fused_moe_gemm[grid](*args, **meta)
-
-
-def _warmup_args(args):
-    """Arguments for a kernel's warmup: tensors by dtype (they are shape-only 'meta' tensors); descriptors as they
-    are (their type, tile and dtype are what the compile specialises on)."""
-    return [x.dtype if isinstance(x, torch.Tensor) else x for x in args]
 
 
 def _gather_sorted(ws, x, row_div: int, warmup=False) -> torch.Tensor:
@@ -255,7 +249,7 @@ def _gather_sorted(ws, x, row_div: int, warmup=False) -> torch.Tensor:
     args = [x, out, ws.sorted_ids, ws.num_post, ws.numel, x.shape[1], x.stride(0), out.stride(0)]
     meta = dict(ROW_DIV=row_div, BLOCK=block)
     if warmup:
-        _kernels._gather_sorted_rows.warmup(*_warmup_args(args), grid=grid, **meta)
+        _kernels._gather_sorted_rows.warmup(*warmup_args(args), grid=grid, **meta)
     else:
         _kernels._gather_sorted_rows[grid](*args, **meta)
     return out
@@ -330,7 +324,7 @@ class _Call:
         args = [ws.down_out, ws.out, self.topk_ids, self.expert_map, spec.K, ws.down_out.stride(0), ws.out.stride(0)]
         meta = dict(TOPK=spec.topk, HAS_MAP=spec.has_map, BLOCK=block)
         if warmup:
-            _kernels._moe_sum.warmup(*_warmup_args(args), grid=grid, **meta)
+            _kernels._moe_sum.warmup(*warmup_args(args), grid=grid, **meta)
             return
         _kernels._moe_sum[grid](*args, **meta)
 

@@ -66,6 +66,12 @@ def moe_align_block_size(
     return sorted_ids, expert_ids, num_post
 
 
+def warmup_args(args):
+    """Arguments for a kernel's warmup: tensors by dtype (they are shape-only 'meta' tensors); descriptors and
+    scalars as they are (their type, tile and dtype are what the compile specialises on)."""
+    return [a.dtype if isinstance(a, torch.Tensor) else a for a in args]
+
+
 def align_programs(numel: int) -> int:
     """Programs the alignment of ``numel`` entries counts and places with (1: the one-launch kernel)."""
     return 1 if numel <= ALIGN_ONE_PROGRAM_MAX else triton.cdiv(numel, ALIGN_CHUNK)
@@ -120,6 +126,6 @@ def launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expe
         ]
     for kernel, grid, args, meta in launches:
         if warmup:
-            kernel.warmup(*[a.dtype if isinstance(a, torch.Tensor) else a for a in args], grid=grid, **meta)
+            kernel.warmup(*warmup_args(args), grid=grid, **meta)
         else:
             kernel[grid](*args, **meta)
