@@ -43,6 +43,9 @@ for stage in "$@"; do
     # Which TMA modes and tiles pay on each shape, against vLLM's H200 file or the default (KEYS comma-separated).
     tma-probe) run tma-probe python3 benchmarks/tma_probe.py ${KEYS:+--keys "$KEYS"} ${BATCHES:+--batch-sizes "$BATCHES"} \
              --json "$WORK/tma-probe.json" ;;
+    # Other down-GEMM tiles and the top-k sum in the down GEMM, on top of moekernel's own tuned files.
+    down-probe) run down-probe python3 benchmarks/tma_probe.py --probe down ${KEYS:+--keys "$KEYS"} \
+             --batch-sizes "${BATCHES:-256,1024,2048,4096}" --json "$WORK/down-probe.json" ;;
     # Where a call's time goes: the base configs' up and down GEMMs alone, and the rest (alignment, sum, quantization).
     breakdown) run breakdown python3 benchmarks/tma_probe.py --breakdown --skip-variants --batch-sizes "${BATCHES:-1,64,512,1024,4096}" \
              --json "$WORK/breakdown.json" ;;

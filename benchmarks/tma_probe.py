@@ -1,13 +1,21 @@
-"""Which TMA modes and tiles pay, per shape and batch size: a probe for choosing the tuner's extended search.
+"""Which of moekernel's own launch parameters pay, per shape and batch size: a probe for choosing the tuner's
+extended search.
 
-For each key and batch size it takes a base config (vLLM's shipped H200 file where one exists, else moekernel's
-default) and times, on the same inputs and card, in one process: the base, the base with TMA on either GEMM (the
-modes of moekernel.launch_params.EXTENDED_PARAMS), and, from M = 256 on, a few large tiles with and without TMA.
+``--probe tma`` (the default): for each key and batch size it takes a base config (vLLM's shipped H200 file where
+one exists, else moekernel's default) and times, on the same inputs and card, in one process: the base, the base
+with TMA on either GEMM (the modes of moekernel.launch_params.EXTENDED_PARAMS), and, from M = 256 on, a few large
+tiles with and without TMA.
+
+``--probe down``: the base is moekernel's own tuned file (``--own``, else the default with its own parameters), and
+the variants are the base with the top-k sum in the down GEMM (FUSED_SUM=1) and with other down-GEMM tiles beside
+the base's up GEMM (the same BLOCK_SIZE_M, as the alignment feeds both), each with and without FUSED_SUM.
+
 Every variant's output is checked against the base's. Times: CUDA-graph medians (moekernel.kernel.timing), averaged
 over ``--draws`` routing draws; the table gives each variant's speed-up over the base (>1: faster) and the floor
 fraction of the base and of the best variant (roofline against KNOWN_CEILINGS["NVIDIA_H200"]).
 
     python benchmarks/tma_probe.py --keys E8-N7168-K4096-top2-bf16 --batch-sizes 1,64,512,4096 [--json out.json]
+    python benchmarks/tma_probe.py --probe down --own benchmarks/tuned-h200-tma
 """
 
 from __future__ import annotations
@@ -51,11 +59,31 @@ def large_tiles(block_k: int) -> dict[str, dict]:
     return out
 
 
+def down_tiles(base: dict) -> dict[str, dict]:
+    """Down-GEMM tiles beside the base's up GEMM (same BLOCK_SIZE_M, GROUP_SIZE_M and TMA), with and without the
+    top-k sum in the down GEMM; the base itself with the sum too. ``base`` is {"up": .., "down": ..}."""
+    up, down = base["up"], base["down"]
+    out = {"sum": {"up": up, "down": dict(down, FUSED_SUM=1)}}
+    for bn in (64, 128, 256):
+        for bk in (64, 128):
+            for warps, stages in ((4, 3), (8, 4)):
+                tile = dict(down, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages, SPLIT_K=1,
+                            FUSED_SUM=0)
+                if all(tile[p] == down[p] for p in ("BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps", "num_stages")):
+                    continue
+                name = f"dn{bn}x{bk}w{warps}s{stages}"
+                out[name] = {"up": up, "down": tile}
+                out[name + "-sum"] = {"up": up, "down": dict(tile, FUSED_SUM=1)}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", default=DEFAULT_KEYS)
     parser.add_argument("--batch-sizes", default=DEFAULT_BATCHES)
-    parser.add_argument("--configs", default="benchmarks/vllm-h200-configs")
+    parser.add_argument("--probe", choices=("tma", "down"), default="tma")
+    parser.add_argument("--configs", default="benchmarks/vllm-h200-configs", help="vLLM's files (--probe tma)")
+    parser.add_argument("--own", default="benchmarks/tuned-h200-tma", help="moekernel's own files (--probe down)")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true",
@@ -69,6 +97,7 @@ def main(argv=None) -> int:
 
     from moekernel.configs import load_configs, nearest_batch_size
     from moekernel.heuristics import default_config
+    from moekernel.kernel.moe import normalize_config
     from moekernel.kernel.moe import make_runner
     from moekernel.kernel.reference import relative_error
     from moekernel.kernel.testing import make_inputs, redraw
@@ -84,20 +113,27 @@ def main(argv=None) -> int:
     results = []
     for key in args.keys.split(","):
         shape = KernelShape.from_key(key)
+        own = args.probe == "down"
         files = load_configs(shape.E, shape.N, shape.config_dtype, shape.block_shape, "NVIDIA_H200",
-                             folders=[args.configs], fallback=False, extended=False)
+                             folders=[args.own if own else args.configs], fallback=False, extended=own)
         plan = {}
         for M in batch_sizes:
             if files:
-                base, origin = dict(files[nearest_batch_size(files, M)]), "vllm-h200"
+                base, origin = files[nearest_batch_size(files, M)], "own-file" if own else "vllm-h200"
             else:
                 base, origin = default_config(M, shape.E, shape.N, shape.K, shape.topk, shape.config_dtype,
-                                              shape.block_shape), "default"
+                                              shape.block_shape, extended=own), "default"
+            if own:
+                base = dict(zip(("up", "down"), normalize_config(base)))
             variants = {"base": base}
-            if not args.skip_variants:
-                variants.update(tma_variants(base))
-            if M >= LARGE_M and not args.skip_variants:
-                variants.update(large_tiles(128 if shape.info.weight_bytes == 1 else 64))
+            if args.skip_variants:
+                pass
+            elif own:
+                variants.update(down_tiles(base))
+            else:
+                variants.update(tma_variants(dict(base)))
+                if M >= LARGE_M:
+                    variants.update(large_tiles(128 if shape.info.weight_bytes == 1 else 64))
             plan[M] = (origin, variants)
         todo = {json.dumps(c, sort_keys=True): c for _, vs in plan.values() for c in vs.values()}
         t0 = time.monotonic()

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 
 from moekernel.configs import EXTENDED_SUFFIX
+from moekernel.launch_params import EXTENDED_PARAMS
 
 SPEEDUPS = """
     SELECT key, device, backend, count(*) AS sizes,
@@ -30,7 +31,7 @@ def summary(db_path, selected_path, configs_dir) -> str:
     files = sorted(selected.get("written", []) + selected.get("unchanged", []))
     own = [name for name in files if name.endswith(EXTENDED_SUFFIX)]
     lines.append(f"moekernel: {len(files) - len(own)} engine config file(s) in {configs_dir}/"
-                 + (f" and {len(own)} of moekernel's own (SPLIT_K and TMA where they pay; only moekernel reads them)"
+                 + (f" and {len(own)} of moekernel's own ({', '.join(EXTENDED_PARAMS)} where they pay; only moekernel reads them)"
                     if own else "")
                  + (f" ({len(selected.get('written', []))} written this run)" if files else ""))
     for name in files:

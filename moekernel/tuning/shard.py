@@ -35,7 +35,7 @@ SCHEMA = pa.schema(
     + [("block_shape", _str), ("batch_size", _int)]
     + [(name, _int) for name in PARAMS]
     # moekernel's own parameters (at their defaults: the engines' kernel); only the extended search sets them.
-    + [("SPLIT_K", _int), ("TMA", _int)]
+    + [(name, _int) for name in EXTENDED_PARAMS]
     + [("gemm", _str), ("status", _str)]
     + [("time_us", _float), ("p20_us", _float), ("p80_us", _float), ("iters", _int), ("compile_s", _float)]
     # Finalists re-timed on several routing draws (draw 0 is time_us's): per-draw medians, their mean and worst.
@@ -96,7 +96,8 @@ def write_shard(path: str | os.PathLike, rows: Iterable[Mapping] | pa.Table) -> 
 
 
 #: Columns a shard written before they existed lacks; read back as nulls.
-ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from", "SPLIT_K", "extended_winner", "TMA")
+ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from", "SPLIT_K", "extended_winner", "TMA",
+                 "FUSED_SUM")
 
 
 def check_writable(path: str | os.PathLike) -> None:
