@@ -7,8 +7,8 @@ with TMA on either GEMM (the modes of moekernel.launch_params.EXTENDED_PARAMS), 
 tiles with and without TMA.
 
 ``--probe down``: the base is moekernel's own tuned file (``--own``, else the default with its own parameters), and
-the variants are the base with the top-k sum in the down GEMM (FUSED_SUM=1) and with other down-GEMM tiles beside
-the base's up GEMM (the same BLOCK_SIZE_M, as the alignment feeds both), each with and without FUSED_SUM.
+the variants are the base with other down-GEMM tiles beside the base's up GEMM (the same BLOCK_SIZE_M, as the
+alignment feeds both): do the GEMMs want configs of their own?
 
 Every variant's output is checked against the base's. Times: CUDA-graph medians (moekernel.kernel.timing), averaged
 over ``--draws`` routing draws; the table gives each variant's speed-up over the base (>1: faster) and the floor
@@ -60,20 +60,17 @@ def large_tiles(block_k: int) -> dict[str, dict]:
 
 
 def down_tiles(base: dict) -> dict[str, dict]:
-    """Down-GEMM tiles beside the base's up GEMM (same BLOCK_SIZE_M, GROUP_SIZE_M and TMA), with and without the
-    top-k sum in the down GEMM; the base itself with the sum too. ``base`` is {"up": .., "down": ..}."""
+    """Down-GEMM tiles beside the base's up GEMM (same BLOCK_SIZE_M, GROUP_SIZE_M and TMA). ``base`` is
+    {"up": .., "down": ..}."""
     up, down = base["up"], base["down"]
-    out = {"sum": {"up": up, "down": dict(down, FUSED_SUM=1)}}
+    out = {}
     for bn in (64, 128, 256):
         for bk in (64, 128):
             for warps, stages in ((4, 3), (8, 4)):
-                tile = dict(down, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages, SPLIT_K=1,
-                            FUSED_SUM=0)
+                tile = dict(down, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages, SPLIT_K=1)
                 if all(tile[p] == down[p] for p in ("BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps", "num_stages")):
                     continue
-                name = f"dn{bn}x{bk}w{warps}s{stages}"
-                out[name] = {"up": up, "down": tile}
-                out[name + "-sum"] = {"up": up, "down": dict(tile, FUSED_SUM=1)}
+                out[f"dn{bn}x{bk}w{warps}s{stages}"] = {"up": up, "down": tile}
     return out
 
 

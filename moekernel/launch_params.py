@@ -18,15 +18,13 @@ PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_w
 #: SPLIT_K, programs per down-GEMM output tile, each reducing a contiguous slice of N (a power of two);
 #: TMA, how a GEMM loads its tiles: 0 pointer loads (the engines' kernel), 1 the weights through a TMA descriptor,
 #: 2 the activations too (from an expert-sorted copy: gathered before the up GEMM; for the down GEMM the up GEMM
-#: writes the intermediate in that order);
-#: FUSED_SUM, where the sum over each token's top-k rows happens: 0 a launch of its own after the down GEMM (the
-#: engines' kernel), 1 in the down GEMM, which adds each row into its token's float32 output row with atomics.
-EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0, "FUSED_SUM": 0}
+#: writes the intermediate in that order).
+EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0}
 #: The TMA values, by name.
 TMA_OFF, TMA_WEIGHTS, TMA_BOTH = 0, 1, 2
 #: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
 #: a config for both GEMMs applies them to the down GEMM, and an "up" config must leave them at their default.
-DOWN_ONLY_PARAMS = ("SPLIT_K", "FUSED_SUM")
+DOWN_ONLY_PARAMS = ("SPLIT_K",)
 #: Every launch parameter, as moekernel's own config files list them.
 ALL_PARAMS = PARAMS + tuple(EXTENDED_PARAMS)
 
@@ -71,7 +69,6 @@ RULES: dict[str, Rule] = {
     "SPLIT_K": Rule(1, power_of_two=True, why="1: no split"),
     "TMA": Rule(0, choices=(TMA_OFF, TMA_WEIGHTS, TMA_BOTH),
                 why="0: pointer loads, 1: weights by TMA, 2: weights and activations by TMA"),
-    "FUSED_SUM": Rule(0, choices=(0, 1), why="0: a launch of its own sums the top-k rows, 1: the down GEMM does"),
 }
 
 #: The up GEMM's tile holds the gate and the up halves of w1, BLOCK_SIZE_N // 2 rows each, each a dot of its own.
@@ -81,7 +78,6 @@ UP_RULES: dict[str, Rule] = {
                                                     "16 rows each at least"),
     "SPLIT_K": Rule(choices=(1,), why="it applies to the down GEMM only: the up GEMM's silu(gate)*up epilogue "
                                       "needs its whole reduction"),
-    "FUSED_SUM": Rule(0, choices=(0,), why="it applies to the down GEMM only: the top-k sum is over its rows"),
 }
 
 

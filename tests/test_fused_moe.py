@@ -271,7 +271,7 @@ def test_split_k_matches_reference(shape, static, M, split_k, device):
     if static:
         static_scales(inputs)
     call, _ = check_split(inputs, dict(SPLIT, SPLIT_K=split_k), BOUND[shape.dtype])
-    assert call.ws.down_out.dtype == torch.float32 and call.ws.zeroed
+    assert call.ws.down_out.dtype == torch.float32 and call.ws.split_k == split_k
 
 
 @pytest.mark.parametrize("split_k", [2, 4])
@@ -281,7 +281,7 @@ def test_split_k_top1_sums_instead_of_writing_directly(split_k, device):
     assert not call.ws.direct
 
 
-@pytest.mark.parametrize("own", [{"SPLIT_K": 2}, {"TMA": 2}, {"FUSED_SUM": 1}], ids=["split-k", "tma", "fused-sum"])
+@pytest.mark.parametrize("own", [{"SPLIT_K": 2}, {"TMA": 2}], ids=["split-k", "tma"])
 @pytest.mark.parametrize("dtype", ["fp16", "fp8_w8a8"])
 def test_own_parameters_with_expert_parallel(dtype, own, device):
     # 6 global experts, this rank holds 0, 2, 4 and 5; tokens 0-2 pick only foreign ones and must come out zero.
@@ -316,51 +316,6 @@ def test_split_k_goes_to_the_down_gemm():
     assert (up["SPLIT_K"], down["SPLIT_K"]) == (1, 4)
     assert normalize_config({"up": dict(SMALL, SPLIT_K=1), "down": SMALL})[1]["SPLIT_K"] == 1
     assert normalize_config(SMALL)[1]["SPLIT_K"] == 1
-
-
-# ---- the top-k sum in the down GEMM (FUSED_SUM) -------------------------------------------------------------------
-
-@pytest.mark.parametrize("M", [1, 13])
-@pytest.mark.parametrize("shape,static", [(s, False) for s in SPLIT_SHAPES] + [(SPLIT_SHAPES[2], True)],
-                         ids=lambda v: v.key if isinstance(v, KernelShape) else ("static" if v else "dynamic"))
-def test_fused_sum_matches_reference(shape, static, M, device):
-    inputs = make_inputs(shape, M, device=device, seed=M)
-    if static:
-        static_scales(inputs)
-    call, _ = check_split(inputs, dict(SPLIT, FUSED_SUM=1), BOUND[shape.dtype], again=True)
-    # One float32 row per token: the [M x topk, K] rows of the down GEMM are never allocated.
-    assert call.ws.down_out.shape == (M, shape.K) and call.ws.down_out.dtype == torch.float32
-
-
-@pytest.mark.parametrize("own", [{"SPLIT_K": 2}, {"TMA": 2}, {"TMA": 1, "SPLIT_K": 4}],
-                         ids=["split-k", "tma", "tma-weights-split-k"])
-@pytest.mark.parametrize("shape", [KernelShape(8, 128, 72, 4, "bf16"), KernelShape(4, 128, 64, 2, "fp8_w8a8")],
-                         ids=lambda s: s.key)
-def test_fused_sum_with_other_own_parameters(shape, own, device):
-    inputs = make_inputs(shape, 13, device=device)
-    check_split(inputs, dict(SPLIT, FUSED_SUM=1, **own), BOUND[shape.dtype], again=True)
-
-
-def test_fused_sum_top1_and_in_a_split_config(device):
-    inputs = make_inputs(KernelShape(4, 100, 72, 1, "fp16"), 9, device=device)
-    call, _ = check_split(inputs, dict(SPLIT, FUSED_SUM=1), BOUND["fp16"], again=True)
-    assert not call.ws.direct
-    inputs = make_inputs(KernelShape(4, 100, 72, 2, "fp16"), 9, device=device)
-    check_split(inputs, {"up": SPLIT, "down": dict(SMALL, FUSED_SUM=1)}, BOUND["fp16"])
-
-
-@pytest.mark.parametrize("bad,match", [
-    (dict(SMALL, FUSED_SUM=2), "FUSED_SUM=2: must be one of 0, 1"),
-    ({"up": dict(SMALL, FUSED_SUM=1), "down": SMALL}, "FUSED_SUM=1: must be one of 0 .it applies to the down GEMM"),
-])
-def test_bad_fused_sum_is_named(bad, match):
-    with pytest.raises(ValueError, match=match):
-        normalize_config(bad)
-
-
-def test_fused_sum_goes_to_the_down_gemm():
-    up, down = normalize_config(dict(SMALL, FUSED_SUM=1))
-    assert (up["FUSED_SUM"], down["FUSED_SUM"]) == (0, 1)
 
 
 TMA_MIXES = {
@@ -463,8 +418,7 @@ def test_gpu_realistic_shapes(dtype, extra, M):
     small_m = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
     large_m = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=3)
     for cfg in (small_m, dict(small_m, SPLIT_K=2), dict(small_m, SPLIT_K=4), large_m, dict(small_m, TMA=1),
-                dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2), dict(small_m, FUSED_SUM=1),
-                dict(large_m, TMA=2, FUSED_SUM=1), dict(small_m, SPLIT_K=2, FUSED_SUM=1),
+                dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2),
                 {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}):
         inputs = make_inputs(shape, M, device="cuda", seed=M)
         out = run_poisoned(inputs, cfg)
@@ -473,14 +427,12 @@ def test_gpu_realistic_shapes(dtype, extra, M):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k,tma,fused_sum", [(1, 0, 0), (2, 0, 0), (1, 2, 0), (1, 0, 1)])
-def test_gpu_cuda_graph_replay_matches_eager(split_k, tma, fused_sum):
-    # Two partials added to zero give the same sum in either order, so SPLIT_K=2 is bit-exact too (4 need not be),
-    # and so is the fused sum of top-2 rows.
+@pytest.mark.parametrize("split_k,tma", [(1, 0), (2, 0), (1, 2)])
+def test_gpu_cuda_graph_replay_matches_eager(split_k, tma):
+    # Two partials added to zero give the same sum in either order, so SPLIT_K=2 is bit-exact too (4 need not be).
     shape = KernelShape(8, 256, 512, 2, "bf16")
     inputs = make_inputs(shape, 33, device="cuda")
-    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k, TMA=tma,
-                                    FUSED_SUM=fused_sum))
+    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k, TMA=tma))
     eager = call().clone()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -498,15 +450,15 @@ def _compiled_binaries(fn) -> int:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k,tma,fused_sum", [(1, 0, 0), (2, 0, 0), (1, 2, 0), (1, 0, 1)])
+@pytest.mark.parametrize("split_k,tma", [(1, 0), (2, 0), (1, 2)])
 @pytest.mark.parametrize("extra", [{"block_shape": (128, 128)}, {}, None], ids=["block", "per-tensor", "bf16"])
-def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma, fused_sum):
+def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma):
     from moekernel.kernel import _kernels
     from moekernel.kernel.moe import compile_config
 
     shape = KernelShape(8, 256, 512, 2, "bf16") if extra is None else KernelShape(8, 256, 512, 2, "fp8_w8a8", **extra)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3,
-               SPLIT_K=split_k, TMA=tma, FUSED_SUM=fused_sum)
+               SPLIT_K=split_k, TMA=tma)
     compile_config(shape, 77, cfg)
     kernels = (_kernels._fused_moe_gemm, _kernels._moe_sum, _kernels._gather_sorted_rows)
     before = [_compiled_binaries(k) for k in kernels]

@@ -4,9 +4,7 @@ The GEMM kernel reads its rows through ``sorted_token_ids`` (tokens grouped by e
 to BLOCK_SIZE_M), so one launch serves every expert. It never specialises on the batch size (``EM`` and
 ``num_valid_tokens`` are marked do_not_specialize): one compiled binary per launch config serves all batch sizes.
 With SPLIT_K > 1 (the down GEMM only) the grid's second axis splits the reduction: each program reduces a contiguous
-run of K steps and adds its partial tile, already scaled, into a zeroed float32 output with atomics. With
-C_ROW_DIV = topk (the down GEMM, FUSED_SUM) each row is added, with the same atomics, into its token's output row:
-the top-k sum happens in the GEMM, and the [tokens x topk, K] output is never written.
+run of K steps and adds its partial tile, already scaled, into a zeroed float32 output with atomics.
 
 With B_TMA the weight tiles come through a TMA descriptor of the weights seen as one [experts x rows, K] matrix
 instead of pointer loads: the copy engine fetches them, out-of-bounds rows and columns read as zeros, and the
@@ -50,7 +48,6 @@ def _fused_moe_gemm(
     A_SORTED: tl.constexpr,  # A's rows (data and per-row scales) are slots of sorted_token_ids, not token rows
     B_TMA: tl.constexpr,  # weight tiles through b_desc ([experts x b_rows_per_expert, K])
     C_SORTED: tl.constexpr,  # write c's rows at their slots of sorted_token_ids (padding slots get zeros)
-    C_ROW_DIV: tl.constexpr,  # rows of c are sorted_token_id // C_ROW_DIV: topk sums each token's rows into one
 ):
     # Programs along M are grouped so that GROUP_SIZE_M row-blocks share the same weight columns in L2.
     pid = tl.program_id(0)
@@ -209,9 +206,9 @@ def _fused_moe_gemm(
         c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
         c_mask = (offs_n[None, :] < N) & (offs_m[:, None] < EM)
     else:
-        c_ptrs = c_ptr + (offs_token // C_ROW_DIV)[:, None] * stride_cm + offs_n[None, :] * stride_cn
+        c_ptrs = c_ptr + offs_token[:, None] * stride_cm + offs_n[None, :] * stride_cn
         c_mask = token_mask[:, None] & (offs_n[None, :] < N)
-    if SPLIT_K == 1 and C_ROW_DIV == 1:
+    if SPLIT_K == 1:
         c = out.to(c_ptr.dtype.element_ty)
         if OUT_AMAX:
             # Rows of padding hold zeros; columns past N (wrapped, or another tile's rows through TMA) are left out.
@@ -219,11 +216,8 @@ def _fused_moe_gemm(
             tl.atomic_max(amax_ptr, tl.max(tl.max(c_abs, 1), 0))
         tl.store(c_ptrs, c, mask=c_mask)
     else:
-        # Split partials, or a token's top-k rows (each from another expert's block, never two in one block), add
-        # into a zeroed float32 c. Every factor above (dequantization scales, routing weight) is linear, so each
-        # partial carries its own. Relaxed: the adds only need to be atomic; the next kernel on the stream reads
-        # the sums.
-        tl.static_assert(not FUSE_SILU_MUL and not OUT_AMAX and not C_SORTED, "atomic adds are for the down GEMM")
+        # Every factor above (dequantization scales, routing weight) is linear, so each partial carries its own.
+        # Relaxed: the adds only need to be atomic; the next kernel on the stream reads the sums.
         tl.atomic_add(c_ptrs, out, mask=c_mask, sem="relaxed")
 
 

@@ -4,15 +4,13 @@ Launches per call: the alignment (one kernel, or three beyond 2048 tokens x top-
 one up-GEMM kernel (x·w1 gate and up halves with silu(gate)*up in its epilogue, so the [tokens, 2N] intermediate
 never reaches memory), activation quantization where the dtype needs it, one down-GEMM kernel (routing weight in
 its epilogue) and one top-k sum (skipped for top-1 without an expert map). A down GEMM with SPLIT_K > 1 adds one
-zero fill of its float32 output, and always needs the sum. With FUSED_SUM=1 the down GEMM adds each row into its
-token's float32 output row itself (after one zero fill), and the sum launch only rounds [M, K] to the hidden dtype:
-the [M x topk, K] rows are never written nor read back.
+zero fill of its float32 output, and always needs the sum.
 
 Config semantics match the engines' files: BLOCK_SIZE_N of the up GEMM counts weight rows, gate and up together,
 so a file tuned for vLLM's kernel puts the same tile footprint on this one. Beyond the engines' six parameters a
 config may carry moekernel's own (moekernel.launch_params.EXTENDED_PARAMS): SPLIT_K splits the down GEMM's
-reduction over N between SPLIT_K programs per output tile; FUSED_SUM sums the top-k rows in the down GEMM; TMA
-loads a GEMM's weight tiles (1) or its weight and activation tiles (2) through TMA descriptors. TMA=2 on the up GEMM adds one launch that gathers x into
+reduction over N between SPLIT_K programs per output tile; TMA loads a GEMM's weight tiles (1) or its weight and
+activation tiles (2) through TMA descriptors. TMA=2 on the up GEMM adds one launch that gathers x into
 expert-sorted rows; TMA=2 on the down GEMM makes the up GEMM write the intermediate in that order.
 """
 
@@ -165,12 +163,12 @@ _AMAX_STRIDE = 4  # float32 slots: 16 bytes
 class _Workspace:
     """Every buffer one fused call needs, allocated up front so the call can be replayed in a CUDA graph."""
 
-    def __init__(self, spec: _Spec, block_m: int, down: dict, device):
+    def __init__(self, spec: _Spec, block_m: int, split_k: int, sorted_inter: bool, device):
         self.numel = numel = spec.M * spec.topk
         self.sorted_ids, self.expert_ids, self.num_post, self.cursor = align_buffers(numel, spec.E, block_m, device)
         # The intermediate's rows are tokens x top-k, or, for a down GEMM that loads it by TMA, the slots of the
         # sorted ids (padding slots included, so each block's rows are contiguous).
-        self.sorted_inter = sorted_inter = down["TMA"] == TMA_BOTH
+        self.sorted_inter = sorted_inter
         inter_rows = self.sorted_ids.numel() if sorted_inter else numel
         self.inter = torch.empty((inter_rows, spec.N), dtype=spec.dtype, device=device)
         # Running maxima for dynamic per-tensor scales: slot 0 of x, slot 1 of the intermediate (gathered by the up
@@ -179,17 +177,13 @@ class _Workspace:
         # aligned would launch a different binary from the one compile_config built (a recompile per config).
         self.amax = torch.empty(2 * _AMAX_STRIDE, dtype=torch.float32, device=device)
         self.out = torch.empty((spec.M, spec.K), dtype=spec.dtype, device=device)
-        # Top-1 without expert parallelism: the down GEMM writes the output rows directly, unless it is split or
-        # sums. A split down GEMM adds its partials into float32 rows, zeroed before each launch; the top-k sum
-        # reads them and rounds once. A down GEMM that sums (FUSED_SUM) adds into one float32 row per token, which
-        # the sum launch only rounds.
-        self.fused_sum = bool(down["FUSED_SUM"])
-        self.zeroed = down["SPLIT_K"] > 1 or self.fused_sum
-        self.direct = spec.topk == 1 and not spec.has_map and not self.zeroed
-        down_rows = spec.M if self.fused_sum else numel
-        down_dtype = torch.float32 if self.zeroed else spec.dtype
-        self.down_out = self.out if self.direct else torch.empty((down_rows, spec.K), dtype=down_dtype,
-                                                                 device=device)
+        # Top-1 without expert parallelism: the down GEMM writes the output rows directly, unless it is split.
+        # A split down GEMM adds its partials into float32 rows, zeroed before each launch; the top-k sum reads
+        # them and rounds once.
+        self.split_k = split_k
+        self.direct = spec.topk == 1 and not spec.has_map and split_k == 1
+        down_dtype = torch.float32 if split_k > 1 else spec.dtype
+        self.down_out = self.out if self.direct else torch.empty((numel, spec.K), dtype=down_dtype, device=device)
 
     def amax_slot(self, slot: int) -> torch.Tensor:
         return self.amax[slot * _AMAX_STRIDE:slot * _AMAX_STRIDE + 1]
@@ -239,7 +233,6 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
         QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, SPLIT_K=split_k, A_TMA=a_tma, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted,
-        C_ROW_DIV=spec.topk if cfg["FUSED_SUM"] else 1,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:
@@ -279,7 +272,8 @@ class _Call:
         # The alignment and sum kernels index ids and the map as flat arrays.
         self.topk_ids = topk_ids.contiguous()
         self.expert_map = expert_map.contiguous() if expert_map is not None else None
-        self.ws = _Workspace(self.spec, self.up_cfg["BLOCK_SIZE_M"], self.down_cfg, hidden_states.device)
+        self.ws = _Workspace(self.spec, self.up_cfg["BLOCK_SIZE_M"], self.down_cfg["SPLIT_K"],
+                             self.down_cfg["TMA"] == TMA_BOTH, hidden_states.device)
         self.interpret = interpreted()
 
     def align(self, warmup=False):
@@ -315,7 +309,7 @@ class _Call:
     def down(self, warmup=False):
         spec, ws = self.spec, self.ws
         a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup, slot=1 if self._dynamic_a2 else 0)
-        if ws.zeroed and not warmup:
+        if ws.split_k > 1 and not warmup:
             ws.down_out.zero_()  # one fill launch, captured in a CUDA graph like the kernels
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
                      n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, a_sorted=ws.sorted_inter,
@@ -328,9 +322,7 @@ class _Call:
         block = min(1024, triton.next_power_of_2(spec.K))
         grid = (spec.M, triton.cdiv(spec.K, block))
         args = [ws.down_out, ws.out, self.topk_ids, self.expert_map, spec.K, ws.down_out.stride(0), ws.out.stride(0)]
-        # After a down GEMM that summed, each token has one float32 row to round.
-        meta = dict(TOPK=1, HAS_MAP=False, BLOCK=block) if ws.fused_sum else dict(TOPK=spec.topk,
-                                                                                   HAS_MAP=spec.has_map, BLOCK=block)
+        meta = dict(TOPK=spec.topk, HAS_MAP=spec.has_map, BLOCK=block)
         if warmup:
             _kernels._moe_sum.warmup(*warmup_args(args), grid=grid, **meta)
             return
@@ -351,7 +343,7 @@ def fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, *, config=None,
                   activation="silu") -> torch.Tensor:
     """Σ_topk w_route · (silu(x·w1_gate) ⊙ (x·w1_up)) · w2 for each token; returns [M, K] in the hidden dtype.
 
-    ``config``: the six engine launch parameters (plus optionally moekernel's own: SPLIT_K, TMA, FUSED_SUM), or
+    ``config``: the six engine launch parameters (plus optionally SPLIT_K for the down GEMM), or
     {"up": .., "down": ..}; None takes the innermost override_config, else the tuned files for this device
     (moekernel.configs.get_config: moekernel's own file, then the engine file), else the default heuristic.
     """

@@ -22,7 +22,7 @@ from .seeds import heuristic_seeds
 from .select import Checker, Selection
 from .settings import TuneSettings
 from .space import (Candidate, config_str, device_smem_limit, extended_default, extended_variants, format_duration,
-                    fused_sum_variant, interpreter_seconds, prune)
+                    interpreter_seconds, prune)
 from .strategies import Fast
 
 FAILED = ("out_of_resources", "compile_error", "runtime_error", "incorrect")
@@ -176,27 +176,10 @@ class TuneJob:
         (:func:`moekernel.tuning.space.extended_variants`, pruned with reasons): TMA on the winner and on the other
         finalists timed on every draw beside it (same scope and BLOCK_SIZE_M), SPLIT_K (alone and with TMA) on the
         winner's down GEMM, and (for a whole-op winner) moekernel's extended default. The variants are timed like
-        finalists, on every routing draw; the best of them and the winner (:meth:`Selection.pick_extended`), the
-        winner itself where none pays, then gets the top-k sum in its down GEMM where it drives one
-        (:func:`fused_sum_variant`): the extended winner is the faster of the two."""
+        finalists, on every routing draw; the extended winner is the best of them and the winner
+        (:meth:`Selection.pick_extended`), the winner itself where none pays."""
         rows, base = self.meas.rows, self.base_row()
         winners = {c.gemm: c for c in rows if rows[c]["winner"]}
-
-        def add(config, reason, gemm) -> Candidate | None:
-            """A new row for the variant; the candidate if it is to be timed."""
-            cand = Candidate.of(config, gemm)
-            if cand in rows:
-                return None
-            rows[cand] = {**base, **config, "gemm": gemm, "error": reason, "status": "pruned" if reason else "ok"}
-            return None if reason else cand
-
-        def timed_pick(best, variants, whole):
-            if not variants:
-                return best
-            self.meas(variants, self.settings.iters)
-            self.meas.time_draws(variants)
-            return selection.pick_extended(best, variants, whole)
-
         for winner in winners.values():
             others = [c for c in finalists if c != winner and c.gemm == winner.gemm and c.cid[0] == winner.cid[0]
                       and rows[c]["status"] == "ok" and rows[c]["mean_us"] is not None]
@@ -204,14 +187,23 @@ class TuneJob:
             for source in [winner, *others]:
                 for config, reason in extended_variants(self.shape, self.M, source.config, winner.gemm,
                                                         winner=source == winner):
-                    variants.append(add(config, reason, winner.gemm))
+                    cand = Candidate.of(config, winner.gemm)
+                    if cand in rows:
+                        continue
+                    rows[cand] = {**base, **config, "gemm": winner.gemm, "error": reason,
+                                  "status": "pruned" if reason else "ok"}
+                    if reason is None:
+                        variants.append(cand)
             if winner.gemm == "both":
-                variants.append(add(extended_default(self.shape, self.M), None, "both"))
-            whole = self._whole_config(winner.gemm, winners)
-            best = timed_pick(winner, [c for c in variants if c is not None], whole)
-            if winner.gemm != "up":
-                summed = add(*fused_sum_variant(self.shape, best.config), winner.gemm)
-                best = timed_pick(best, [summed] if summed is not None else [], whole)
+                default = Candidate.of(extended_default(self.shape, self.M), "both")
+                if default not in rows:
+                    rows[default] = {**base, **default.config, "gemm": "both", "error": None, "status": "ok"}
+                    variants.append(default)
+            best = winner
+            if variants:
+                self.meas(variants, self.settings.iters)
+                self.meas.time_draws(variants)
+                best = selection.pick_extended(winner, variants, self._whole_config(winner.gemm, winners))
             rows[best]["extended_winner"] = True
             self.meas.measured.add(best)
         self.meas.checkpoint(force=True)

@@ -203,18 +203,6 @@ def extended_variants(shape: KernelShape, M: int, config: Mapping[str, int], gem
     return found
 
 
-def fused_sum_variant(shape: KernelShape, config: Mapping[str, int]) -> tuple[dict[str, int], str | None]:
-    """A config driving the down GEMM with the top-k sum in it (FUSED_SUM=1), with ``None`` (time it) or why not.
-
-    Tried on the best config found so far rather than on every variant: it changes only the down GEMM's epilogue
-    (atomic adds into one float32 row per token in place of stores into top-k rows, and a sum launch that reads
-    M instead of M x topk rows), so it pays or not about equally whatever the tile."""
-    variant = dict(config, FUSED_SUM=1)
-    if shape.topk == 1:
-        return variant, "FUSED_SUM=1: top-1, each token has one row: nothing to sum"
-    return variant, None
-
-
 def extended_default(shape: KernelShape, M: int) -> dict[str, int]:
     """moekernel's default with its own parameters (what its runtime falls back to without a file) as one config for
     both GEMMs: the extended search times it too, so moekernel's own file is never slower than having none."""
