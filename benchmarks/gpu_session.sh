@@ -46,6 +46,9 @@ for stage in "$@"; do
     # Other down-GEMM tiles and the top-k sum in the down GEMM, on top of moekernel's own tuned files.
     down-probe) run down-probe python3 benchmarks/tma_probe.py --probe down ${KEYS:+--keys "$KEYS"} \
              --batch-sizes "${BATCHES:-256,1024,2048,4096}" --json "$WORK/down-probe.json" ;;
+    # Persistent GEMMs (and the order they walk the tiles in), on top of moekernel's own tuned files.
+    persistent-probe) run persistent-probe python3 benchmarks/tma_probe.py --probe persistent ${KEYS:+--keys "$KEYS"} \
+             --batch-sizes "${BATCHES:-1,64,256,512,1024,2048,4096}" --json "$WORK/persistent-probe.json" ;;
     # Where a call's time goes: the base configs' up and down GEMMs alone, and the rest (alignment, sum, quantization).
     breakdown) run breakdown python3 benchmarks/tma_probe.py --breakdown --skip-variants --batch-sizes "${BATCHES:-1,64,512,1024,4096}" \
              --json "$WORK/breakdown.json" ;;

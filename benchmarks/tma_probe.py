@@ -10,12 +10,16 @@ tiles with and without TMA.
 the variants are the base with other down-GEMM tiles beside the base's up GEMM (the same BLOCK_SIZE_M, as the
 alignment feeds both): do the GEMMs want configs of their own?
 
+``--probe persistent``: the same base, with persistent GEMMs (PERSISTENT=1) on both, on the up or the down GEMM
+alone, and on both with other GROUP_SIZE_M (the order the programs walk the tiles).
+
 Every variant's output is checked against the base's. Times: CUDA-graph medians (moekernel.kernel.timing), averaged
 over ``--draws`` routing draws; the table gives each variant's speed-up over the base (>1: faster) and the floor
 fraction of the base and of the best variant (roofline against KNOWN_CEILINGS["NVIDIA_H200"]).
 
     python benchmarks/tma_probe.py --keys E8-N7168-K4096-top2-bf16 --batch-sizes 1,64,512,4096 [--json out.json]
     python benchmarks/tma_probe.py --probe down --own benchmarks/tuned-h200-tma
+    python benchmarks/tma_probe.py --probe persistent --own benchmarks/tuned-h200-tma
 """
 
 from __future__ import annotations
@@ -74,13 +78,27 @@ def down_tiles(base: dict) -> dict[str, dict]:
     return out
 
 
+def persistent_variants(base: dict) -> dict[str, dict]:
+    """The base ({"up": .., "down": ..}) with persistent GEMMs: both, either alone, and both with each GROUP_SIZE_M."""
+    up, down = base["up"], base["down"]
+    out = {"pers": {"up": dict(up, PERSISTENT=1), "down": dict(down, PERSISTENT=1)},
+           "pers-up": {"up": dict(up, PERSISTENT=1), "down": down},
+           "pers-down": {"up": up, "down": dict(down, PERSISTENT=1)}}
+    for group in (1, 8, 16, 32, 64):
+        if group != up["GROUP_SIZE_M"]:
+            out[f"pers-g{group}"] = {"up": dict(up, PERSISTENT=1, GROUP_SIZE_M=group),
+                                     "down": dict(down, PERSISTENT=1, GROUP_SIZE_M=group)}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", default=DEFAULT_KEYS)
     parser.add_argument("--batch-sizes", default=DEFAULT_BATCHES)
-    parser.add_argument("--probe", choices=("tma", "down"), default="tma")
+    parser.add_argument("--probe", choices=("tma", "down", "persistent"), default="tma")
     parser.add_argument("--configs", default="benchmarks/vllm-h200-configs", help="vLLM's files (--probe tma)")
-    parser.add_argument("--own", default="benchmarks/tuned-h200-tma", help="moekernel's own files (--probe down)")
+    parser.add_argument("--own", default="benchmarks/tuned-h200-tma",
+                        help="moekernel's own files (--probe down, persistent)")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true",
@@ -110,7 +128,7 @@ def main(argv=None) -> int:
     results = []
     for key in args.keys.split(","):
         shape = KernelShape.from_key(key)
-        own = args.probe == "down"
+        own = args.probe != "tma"
         files = load_configs(shape.E, shape.N, shape.config_dtype, shape.block_shape, "NVIDIA_H200",
                              folders=[args.own if own else args.configs], fallback=False, extended=own)
         plan = {}
@@ -125,8 +143,10 @@ def main(argv=None) -> int:
             variants = {"base": base}
             if args.skip_variants:
                 pass
-            elif own:
+            elif args.probe == "down":
                 variants.update(down_tiles(base))
+            elif args.probe == "persistent":
+                variants.update(persistent_variants(base))
             else:
                 variants.update(tma_variants(dict(base)))
                 if M >= LARGE_M:

@@ -18,13 +18,15 @@ PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_w
 #: SPLIT_K, programs per down-GEMM output tile, each reducing a contiguous slice of N (a power of two);
 #: TMA, how a GEMM loads its tiles: 0 pointer loads (the engines' kernel), 1 the weights through a TMA descriptor,
 #: 2 the activations too (from an expert-sorted copy: gathered before the up GEMM; for the down GEMM the up GEMM
-#: writes the intermediate in that order).
-EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0}
+#: writes the intermediate in that order);
+#: PERSISTENT, how the down GEMM's programs map to tiles: 0 one program per output tile (the engines' kernel), 1 one
+#: program per SM walking the tiles of the row blocks in use, the next tile's loads overlapping this one's epilogue.
+EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0, "PERSISTENT": 0}
 #: The TMA values, by name.
 TMA_OFF, TMA_WEIGHTS, TMA_BOTH = 0, 1, 2
 #: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
 #: a config for both GEMMs applies them to the down GEMM, and an "up" config must leave them at their default.
-DOWN_ONLY_PARAMS = ("SPLIT_K",)
+DOWN_ONLY_PARAMS = ("SPLIT_K", "PERSISTENT")
 #: Every launch parameter, as moekernel's own config files list them.
 ALL_PARAMS = PARAMS + tuple(EXTENDED_PARAMS)
 
@@ -69,6 +71,7 @@ RULES: dict[str, Rule] = {
     "SPLIT_K": Rule(1, power_of_two=True, why="1: no split"),
     "TMA": Rule(0, choices=(TMA_OFF, TMA_WEIGHTS, TMA_BOTH),
                 why="0: pointer loads, 1: weights by TMA, 2: weights and activations by TMA"),
+    "PERSISTENT": Rule(0, choices=(0, 1), why="0: a program per tile, 1: a program per SM over the tiles"),
 }
 
 #: The up GEMM's tile holds the gate and the up halves of w1, BLOCK_SIZE_N // 2 rows each, each a dot of its own.
@@ -78,6 +81,10 @@ UP_RULES: dict[str, Rule] = {
                                                     "16 rows each at least"),
     "SPLIT_K": Rule(choices=(1,), why="it applies to the down GEMM only: the up GEMM's silu(gate)*up epilogue "
                                       "needs its whole reduction"),
+    # The kernel could walk the up GEMM's tiles too, but that was slower at every size probed on the H200 (up to
+    # 28%: BENCHMARKS.md, 2026-12-01 fourth session), so configs do not offer it.
+    "PERSISTENT": Rule(0, choices=(0,), why="it applies to the down GEMM only: a persistent up GEMM was slower at "
+                                         "every size measured"),
 }
 
 

@@ -39,6 +39,7 @@ def write_shard():
     """
     from datetime import datetime, timezone
 
+    from moekernel.launch_params import EXTENDED_PARAMS
     from moekernel.shapes import KernelShape
     from moekernel.tuning import shard
 
@@ -47,7 +48,7 @@ def write_shard():
         base = {
             "key": key, "dtype": s.dtype, "E": s.E, "N": s.N, "K": s.K, "topk": s.topk,
             "block_shape": f"{s.block_shape[0]}x{s.block_shape[1]}" if s.block_shape else None,
-            "batch_size": batch_size, "SPLIT_K": 1, "TMA": 0, "gemm": gemm, "extended_winner": False, "p20_us": None,
+            "batch_size": batch_size, **EXTENDED_PARAMS, "gemm": gemm, "extended_winner": False, "p20_us": None,
             "p80_us": None, "iters": 20, "compile_s": 0.5,
             "draw_us": None, "mean_us": None, "worst_us": None, "settings": None, "seeded_from": None,
             "verified": False, "device": "NVIDIA H100 80GB HBM3", "backend": "cuda", "triton_version": "3.6.0",

@@ -122,7 +122,8 @@ def test_extended_file_round_trip_holds_every_parameter_of_both_gemms(tmp_path):
     assert name == "E=8,N=7168,device_name=NVIDIA_H200.moekernel.json"
     assert not configs.is_engine_file_name(name)
     assert configs.is_engine_file_name(configs.config_file_name(8, 7168, device_name="NVIDIA_H200"))
-    table = {1: dict(CFG, SPLIT_K=2, TMA=1),  # one dict for both GEMMs: SPLIT_K is the down GEMM's, TMA both's
+    # One dict for both GEMMs: SPLIT_K and PERSISTENT are the down GEMM's, TMA both's.
+    table = {1: dict(CFG, SPLIT_K=2, TMA=1, PERSISTENT=1),
              2: {"up": dict(CFG, TMA=2), "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4)},
              64: dict(CFG, BLOCK_SIZE_M=64)}
     a = configs.write_extended_config_file(tmp_path / name, table, triton_version="3.6.0")
@@ -132,14 +133,17 @@ def test_extended_file_round_trip_holds_every_parameter_of_both_gemms(tmp_path):
     assert list(data) == ["format", "version", "triton_version", "configs"] and data["version"] == 1
     assert list(data["configs"]["1"]["down"]) == list(ALL_PARAMS)
     loaded = configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])
-    assert loaded[1] == {"up": dict(CFG, SPLIT_K=1, TMA=1), "down": dict(CFG, SPLIT_K=2, TMA=1)}
-    assert loaded[2] == {"up": dict(CFG, SPLIT_K=1, TMA=2), "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4, TMA=0)}
+    assert loaded[1] == {"up": dict(CFG, SPLIT_K=1, TMA=1, PERSISTENT=0), "down": dict(CFG, SPLIT_K=2, TMA=1,
+                                                                                     PERSISTENT=1)}
+    assert loaded[2] == {"up": dict(CFG, SPLIT_K=1, TMA=2, PERSISTENT=0),
+                         "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4, TMA=0, PERSISTENT=0)}
     assert loaded[64]["up"] == loaded[64]["down"] == dict(CFG, BLOCK_SIZE_M=64, **EXTENDED_PARAMS)
     # A file written before an extended parameter existed reads as its default.
-    del data["configs"]["1"]["down"]["SPLIT_K"], data["configs"]["1"]["down"]["TMA"]
+    for param in EXTENDED_PARAMS:
+        del data["configs"]["1"]["down"][param]
     a.write_text(json.dumps(data))
     old = configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])[1]["down"]
-    assert (old["SPLIT_K"], old["TMA"]) == (1, 0)
+    assert {p: old[p] for p in EXTENDED_PARAMS} == EXTENDED_PARAMS
 
 
 def test_lookup_reads_our_own_file_before_the_engine_file(tmp_path, monkeypatch):

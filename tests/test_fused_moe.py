@@ -281,7 +281,7 @@ def test_split_k_top1_sums_instead_of_writing_directly(split_k, device):
     assert not call.ws.direct
 
 
-@pytest.mark.parametrize("own", [{"SPLIT_K": 2}, {"TMA": 2}], ids=["split-k", "tma"])
+@pytest.mark.parametrize("own", [{"SPLIT_K": 2}, {"TMA": 2}, {"PERSISTENT": 1}], ids=["split-k", "tma", "persistent"])
 @pytest.mark.parametrize("dtype", ["fp16", "fp8_w8a8"])
 def test_own_parameters_with_expert_parallel(dtype, own, device):
     # 6 global experts, this rank holds 0, 2, 4 and 5; tokens 0-2 pick only foreign ones and must come out zero.
@@ -403,6 +403,51 @@ def test_bad_tma_is_named(bad, match):
         normalize_config(bad)
 
 
+# ---- persistent down GEMM ------------------------------------------------------------------------------------------
+# In the interpreter a persistent GEMM has 3 programs (moekernel.kernel.moe._INTERPRETER_PROGRAMS): each walks
+# several tiles, so a tile computed from the previous tile's state shows.
+
+@pytest.mark.parametrize("shape", DTYPE_SHAPES, ids=lambda s: s.key)
+@pytest.mark.parametrize("M", [1, 13])
+def test_persistent_matches_reference(shape, M, device):
+    check(shape, M, config=dict(SMALL, PERSISTENT=1, GROUP_SIZE_M=4), device=device, seed=M)
+
+
+@pytest.mark.parametrize("own", [
+    {"TMA": 2}, {"TMA": 1, "SPLIT_K": 2}, {"up": dict(SMALL, TMA=2), "down": dict(SMALL, PERSISTENT=1)},
+], ids=["tma", "tma-weights-split-k", "split-config"])
+@pytest.mark.parametrize("shape", [DTYPE_SHAPES[1], SPLIT_SHAPES[2],
+                                   KernelShape(4, 112, 128, 2, "fp8_w8a8", block_shape=(128, 128))],
+                         ids=lambda s: s.key)
+def test_persistent_with_other_own_parameters(shape, own, device):
+    config = own if "up" in own else dict(SPLIT, PERSISTENT=1, **own)
+    inputs = make_inputs(shape, 13, device=device)
+    check_split(inputs, config, BOUND[shape.dtype], again=True)
+
+
+@pytest.mark.parametrize("shape,M", [
+    (KernelShape(1, 32, 48, 1, "fp16"), 5),
+    (KernelShape(256, 16, 32, 8, "fp16"), 6),
+    (KernelShape(6, 24, 40, 3, "fp16"), 37),
+])
+def test_persistent_edge_shapes(shape, M, device):
+    check(shape, M, config=dict(SMALL, PERSISTENT=1), device=device)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(SMALL, PERSISTENT=2), "PERSISTENT=2: must be one of 0, 1"),
+    ({"up": dict(SMALL, PERSISTENT=1), "down": SMALL}, "PERSISTENT=1: must be one of 0 .it applies to the down GEMM"),
+])
+def test_bad_persistent_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        normalize_config(bad)
+
+
+def test_persistent_goes_to_the_down_gemm():
+    up, down = normalize_config(dict(SMALL, PERSISTENT=1))
+    assert (up["PERSISTENT"], down["PERSISTENT"]) == (0, 1)
+
+
 # ---- GPU only ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.cuda
@@ -418,7 +463,8 @@ def test_gpu_realistic_shapes(dtype, extra, M):
     small_m = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
     large_m = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=3)
     for cfg in (small_m, dict(small_m, SPLIT_K=2), dict(small_m, SPLIT_K=4), large_m, dict(small_m, TMA=1),
-                dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2),
+                dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2), dict(small_m, PERSISTENT=1),
+                dict(small_m, PERSISTENT=1, SPLIT_K=2), dict(large_m, PERSISTENT=1, TMA=2),
                 {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}):
         inputs = make_inputs(shape, M, device="cuda", seed=M)
         out = run_poisoned(inputs, cfg)
@@ -427,12 +473,13 @@ def test_gpu_realistic_shapes(dtype, extra, M):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k,tma", [(1, 0), (2, 0), (1, 2)])
-def test_gpu_cuda_graph_replay_matches_eager(split_k, tma):
+@pytest.mark.parametrize("split_k,tma,persistent", [(1, 0, 0), (2, 0, 0), (1, 2, 0), (1, 0, 1), (2, 2, 1)])
+def test_gpu_cuda_graph_replay_matches_eager(split_k, tma, persistent):
     # Two partials added to zero give the same sum in either order, so SPLIT_K=2 is bit-exact too (4 need not be).
     shape = KernelShape(8, 256, 512, 2, "bf16")
     inputs = make_inputs(shape, 33, device="cuda")
-    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k, TMA=tma))
+    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k, TMA=tma,
+                                    PERSISTENT=persistent))
     eager = call().clone()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -450,20 +497,22 @@ def _compiled_binaries(fn) -> int:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k,tma", [(1, 0), (2, 0), (1, 2)])
+@pytest.mark.parametrize("split_k,tma,persistent", [(1, 0, 0), (2, 0, 0), (1, 2, 0), (1, 2, 1)])
 @pytest.mark.parametrize("extra", [{"block_shape": (128, 128)}, {}, None], ids=["block", "per-tensor", "bf16"])
-def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma):
+def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma, persistent):
     from moekernel.kernel import _kernels
     from moekernel.kernel.moe import compile_config
 
     shape = KernelShape(8, 256, 512, 2, "bf16") if extra is None else KernelShape(8, 256, 512, 2, "fp8_w8a8", **extra)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3,
-               SPLIT_K=split_k, TMA=tma)
+               SPLIT_K=split_k, TMA=tma, PERSISTENT=persistent)
     compile_config(shape, 77, cfg)
     kernels = (_kernels._fused_moe_gemm, _kernels._moe_sum, _kernels._gather_sorted_rows)
     before = [_compiled_binaries(k) for k in kernels]
-    check(shape, 77, config=cfg, device="cuda")
+    for M in (77, 1):
+        check(shape, M, config=cfg, device="cuda")
     # A launch whose arguments specialise differently (say, a pointer off 16-byte alignment) would compile anew,
     # and the tuner's parallel compiling would be wasted. The split-K variant adds a float32 down output, which
-    # the top-k sum reads: both kernels' binaries must come from compile_config.
+    # the top-k sum reads: both kernels' binaries must come from compile_config. At another M the grid differs
+    # (and a persistent grid's program count), never the binary.
     assert [_compiled_binaries(k) for k in kernels] == before

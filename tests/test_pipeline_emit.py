@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from moekernel import configs
+from moekernel.launch_params import EXTENDED_PARAMS
 from moekernel.pipeline import emit
 
 KEY = "E8-N7168-K4096-top2-bf16"
@@ -135,8 +136,8 @@ def test_a_split_k_winner_goes_to_moekernels_own_file_and_never_to_the_engine_fi
                for k, v in engine_file.items() if k != "triton_version")
     # moekernel's runtime reads its own file first: the split where verify chose it, the engine's config elsewhere.
     loaded = configs.load_configs(8, 7168, None, None, "NVIDIA_H200", folders=[out])
-    assert loaded[1]["down"] == {**split, "TMA": 0} and loaded[1]["up"] == {**cfg(16, 128), "SPLIT_K": 1, "TMA": 0}
-    assert loaded[4]["down"] == {**cfg(16), "SPLIT_K": 1, "TMA": 0}
+    assert loaded[1]["down"] == {**EXTENDED_PARAMS, **split} and loaded[1]["up"] == {**cfg(16, 128), **EXTENDED_PARAMS}
+    assert loaded[4]["down"] == {**cfg(16), **EXTENDED_PARAMS}
     # A later run where no split pays any more: the own file goes, so it cannot shadow the new engine file.
     done = emit.emit_from_verify([shard], [verify_file(engine)], out)
     assert done["removed"] == [own] and not (out / own).exists()

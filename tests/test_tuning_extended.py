@@ -1,5 +1,5 @@
-"""moekernel's own launch parameters in the tuner: TMA and SPLIT_K searched around the engine search's result
-(interpreter)."""
+"""moekernel's own launch parameters in the tuner: TMA, SPLIT_K and PERSISTENT searched around the engine search's
+result (interpreter)."""
 
 import importlib
 import time
@@ -62,28 +62,31 @@ def test_tma_is_pruned_where_rows_cannot_have_a_descriptor():
     assert all(r is not None for _, r in extended_variants(shape, 4, six, "both", winner=False))
 
 
-def fake_runners(monkeypatch, ms_by_own):
+def fake_runners(monkeypatch, ms_by_own, persistent_gain=-4):
     """make_runner returns a sleep of ms_by_own[(SPLIT_K, TMA, num_stages)] or [(SPLIT_K, TMA)] ms, 14 for any
-    other; num_stages 3 is 5 ms slower (a clear engine winner, and a second finalist whose variants lose too)."""
+    other, ``persistent_gain`` ms less with PERSISTENT=1 (4 more by default); num_stages 3 is 5 ms slower (a clear
+    engine winner, and a second finalist whose variants lose too)."""
     def fake(inputs, config, gemm="both"):
         ms = ms_by_own.get(own(config) + (config["num_stages"],), ms_by_own.get(own(config), 14))
-        ms += 5 * (config["num_stages"] == 3)
+        ms += 5 * (config["num_stages"] == 3) - persistent_gain * config.get("PERSISTENT", 0)
         return lambda: time.sleep(ms / 1000)
 
     monkeypatch.setattr(moe, "make_runner", fake)
 
 
 @interpreter_only
-@pytest.mark.parametrize("ms_by_own, extended_own", [
-    ({(1, 0): 10, (2, 0): 5}, (2, 0)),  # the split pays: moekernel's own file gets it
-    ({(1, 0): 10, (2, 2): 5}, (2, 2)),  # the split with TMA
-    ({(1, 0): 10, (1, 1): 5}, (1, 1)),  # TMA on the weights alone
-    ({(1, 0): 10}, (1, 0)),  # nothing does: the winner is the extended winner too
-    ({(1, 0): 10, (2, 1, 4): 6}, (2, 1)),  # moekernel's extended default does (four stages: not the winner's six)
+@pytest.mark.parametrize("ms_by_own, persistent_gain, extended_own", [
+    ({(1, 0): 10, (2, 0): 5}, -4, (2, 0, 0)),  # the split pays: moekernel's own file gets it
+    ({(1, 0): 10, (2, 2): 5}, -4, (2, 2, 0)),  # the split with TMA
+    ({(1, 0): 10, (1, 1): 5}, -4, (1, 1, 0)),  # TMA on the weights alone
+    ({(1, 0): 10}, -4, (1, 0, 0)),  # nothing does: the winner is the extended winner too
+    ({(1, 0): 10, (2, 1, 4): 6}, -4, (2, 1, 0)),  # moekernel's extended default does (four stages: not the six)
+    ({(1, 0): 10, (2, 2): 8}, 4, (2, 2, 1)),  # a persistent down GEMM pays on top of the best variant
+    ({(1, 0): 10}, 4, (1, 0, 1)),  # or on the engine winner itself
 ])
 def test_the_extended_winner_is_the_engine_winner_or_a_variant_that_pays(tmp_path, monkeypatch, ms_by_own,
-                                                                         extended_own):
-    fake_runners(monkeypatch, ms_by_own)
+                                                                         persistent_gain, extended_own):
+    fake_runners(monkeypatch, ms_by_own, persistent_gain)
     out = tmp_path / "bs2.parquet"
     frame = tune(SHAPE, 2, strategy="exhaustive", space=SPACE, iters=2, draws=2, backend=BACKEND, jobs=1,
                  progress=False, out=out)
@@ -91,17 +94,20 @@ def test_the_extended_winner_is_the_engine_winner_or_a_variant_that_pays(tmp_pat
     assert (winner.SPLIT_K, winner.TMA) == (1, 0) and winner.num_stages == 2  # the engines' six, always
     (extended,) = frame[frame["extended_winner"].fillna(False).astype(bool)].itertuples(index=False)
     six = ["BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"]
-    assert (extended.SPLIT_K, extended.TMA) == extended_own
+    assert (extended.SPLIT_K, extended.TMA, extended.PERSISTENT) == extended_own
     default = extended_default(SHAPE, 2)
-    expected_six = default if extended_own == (2, 1) else winner._asdict()
+    expected_six = default if extended_own == (2, 1, 0) else winner._asdict()
     assert [getattr(extended, p) for p in six] == [expected_six[p] for p in six]
     assert len(extended.draw_us) == 2  # timed on every draw, like the finalists
-    if extended_own != (1, 0):
+    if extended_own != (1, 0, 0):
         assert extended.verified  # the op with its own parameters was checked against the reference
         assert f"with moekernel's own parameters both {config_str(extended._asdict())} " in frame.attrs["summary"]
     # Every variant is a row; those not tried say why. The winner gets TMA and SPLIT_K, the other finalist TMA, and
     # moekernel's extended default (four stages, SPLIT_K 2 and TMA 1 here) is timed beside them.
-    variants = frame[(frame["SPLIT_K"] > 1) | (frame["TMA"] > 0)]
+    # PERSISTENT is tried once, on the best of the other variants and the winner.
+    (persistent,) = frame[frame["PERSISTENT"] == 1].itertuples(index=False)
+    assert (persistent.SPLIT_K, persistent.TMA) == extended_own[:2]
+    variants = frame[((frame["SPLIT_K"] > 1) | (frame["TMA"] > 0)) & (frame["PERSISTENT"] == 0)]
     by_stages = {s: sorted(zip(g["SPLIT_K"], g["TMA"])) for s, g in variants.groupby("num_stages")}
     # (8 K steps: SPLIT_K 4 and 8 leave too few per part, so each is one pruned row.)
     assert by_stages == {2: [(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (4, 0), (8, 0)], 3: [(1, 1), (1, 2)],

@@ -11,6 +11,7 @@ import torch
 from triton.runtime.errors import OutOfResources
 
 import moekernel
+from moekernel.launch_params import EXTENDED_PARAMS
 from moekernel.shapes import KernelShape
 from moekernel.tuning import COLUMNS, read_shard, tune
 from moekernel.tuning import measure as measure_mod
@@ -67,10 +68,12 @@ def test_end_to_end_shard(tmp_path):
     assert set(frame["gemm"]) == {"both"}
     splits = frame[frame["SPLIT_K"] > 1]  # of the winner; N=64 is too short a reduction to split
     assert sorted(splits["SPLIT_K"]) == [2, 4, 8] and (splits["status"] == "pruned").all()
-    # TMA 1 and 2 on the winner and the other finalists timed on every draw, and moekernel's extended default.
-    tma = frame[frame["TMA"] > 0]
-    finalists = frame[frame["draw_us"].notna() & (frame["TMA"] == 0) & (frame["SPLIT_K"] == 1)]
+    # TMA 1 and 2 on the winner and the other finalists timed on every draw, and moekernel's extended default; then
+    # a persistent down GEMM on the best of those.
+    tma = frame[(frame["TMA"] > 0) & (frame["PERSISTENT"] == 0)]
+    finalists = frame[frame["draw_us"].notna() & ~extended_rows(frame)]
     assert (tma["status"] == "ok").all() and len(tma) == 2 * len(finalists) + 1
+    assert len(frame[frame["PERSISTENT"] == 1]) == 1
     frame = engine_rows(frame)
     assert len(frame) == 8
     pruned = frame[frame["status"] == "pruned"]
@@ -211,7 +214,7 @@ def test_resume_after_a_kill(tmp_path, monkeypatch):
     monkeypatch.setattr(fused_moe, "make_runner",
                         lambda inputs, config, gemm="both": timed.append(config) or sleeper(1))
     frame = run(out=out)
-    engine = lambda configs: [c for c in configs if "TMA" not in c and "SPLIT_K" not in c]  # noqa: E731
+    engine = lambda configs: [c for c in configs if not set(EXTENDED_PARAMS) & set(c)]  # noqa: E731
     assert len(engine(timed)) == 2  # only the two candidates the killed job had not timed
     assert out.exists() and not partial_path(out).exists()
     merged = engine_rows(frame).merge(before, on=["BLOCK_SIZE_M", "BLOCK_SIZE_N", "num_stages"], suffixes=("", "_before"))

@@ -1,8 +1,11 @@
 """Private Triton kernels of the fused MoE. The public wrappers live in moe.py, routing.py and quant.py.
 
 The GEMM kernel reads its rows through ``sorted_token_ids`` (tokens grouped by expert, each expert's run padded
-to BLOCK_SIZE_M), so one launch serves every expert. It never specialises on the batch size (``EM`` and
-``num_valid_tokens`` are marked do_not_specialize): one compiled binary per launch config serves all batch sizes.
+to BLOCK_SIZE_M), so one launch serves every expert. It never specialises on the batch size (``EM``,
+``num_valid_tokens`` and ``num_programs`` are marked do_not_specialize): one compiled binary per launch config serves
+all batch sizes. With PERSISTENT the grid has at most one program per SM, and each walks the tiles of the row blocks
+in use (``num_tokens_post_padded``, read on the device) in the same grouped order; Triton flattens that loop with
+the K loop, so one tile's epilogue overlaps the next tile's first loads.
 With SPLIT_K > 1 (the down GEMM only) the grid's second axis splits the reduction: each program reduces a contiguous
 run of K steps and adds its partial tile, already scaled, into a zeroed float32 output with atomics.
 
@@ -26,13 +29,14 @@ BLOCK: tl.constexpr = tl.constexpr(int(QuantMode.BLOCK))
 WEIGHT_ONLY: tl.constexpr = tl.constexpr(int(QuantMode.WEIGHT_ONLY))
 
 
-@triton.jit(do_not_specialize=["EM", "num_valid_tokens"])
+@triton.jit(do_not_specialize=["EM", "num_valid_tokens", "num_programs"])
 def _fused_moe_gemm(
     a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
     sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr, amax_ptr,
     N, K, EM, num_valid_tokens, b_rows_per_expert,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
     stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
+    num_programs,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
     A_ROW_DIV: tl.constexpr,  # rows of A are sorted_token_id // A_ROW_DIV (topk for the up GEMM, 1 for down)
@@ -48,25 +52,77 @@ def _fused_moe_gemm(
     A_SORTED: tl.constexpr,  # A's rows (data and per-row scales) are slots of sorted_token_ids, not token rows
     B_TMA: tl.constexpr,  # weight tiles through b_desc ([experts x b_rows_per_expert, K])
     C_SORTED: tl.constexpr,  # write c's rows at their slots of sorted_token_ids (padding slots get zeros)
+    PERSISTENT: tl.constexpr,  # num_programs programs walk the tiles in use (else one program per tile)
 ):
-    # Programs along M are grouped so that GROUP_SIZE_M row-blocks share the same weight columns in L2.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(EM, BLOCK_SIZE_M)
     num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+    num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
+    num_k_steps = tl.cdiv(K, BLOCK_SIZE_K)
+    if SPLIT_K == 1:
+        k_first = 0
+        k_last = num_k_steps
+    else:
+        # Only linear epilogues can be summed after the fact: not silu(gate)*up, not a running max of c.
+        tl.static_assert(not FUSE_SILU_MUL and not OUT_AMAX, "SPLIT_K > 1 is for the down GEMM only")
+        # Whole K steps, spread evenly: the quantization groups, the EVEN_K masks and the tail stay as in one program.
+        pid_k = tl.program_id(1)
+        k_first = pid_k * num_k_steps // SPLIT_K
+        k_last = (pid_k + 1) * num_k_steps // SPLIT_K
+        if k_first >= k_last:
+            return  # more splits than K steps: nothing to add
+    if PERSISTENT:
+        # Only the row blocks in use, whose experts are all local (the alignment places no other): no tile is
+        # skipped, and the flattened loop lets the next tile's first loads overlap this tile's epilogue.
+        num_pid_m = tl.cdiv(num_tokens_post_padded, BLOCK_SIZE_M)
+        for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, num_programs, flatten=True):
+            pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_SIZE_M)
+            expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+            _gemm_tile(
+                pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr,
+                b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens,
+                b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+                stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N,
+                BLOCK_SIZE_K, A_ROW_DIV, FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N,
+                GROUP_K, INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+    else:
+        pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(EM, BLOCK_SIZE_M), num_pid_n, GROUP_SIZE_M)
+        if pid_m * BLOCK_SIZE_M >= num_tokens_post_padded:
+            return
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if expert < 0:
+            return
+        _gemm_tile(
+            pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr,
+            topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens, b_rows_per_expert,
+            stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn, stride_asm, stride_ask,
+            stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, A_ROW_DIV,
+            FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K, INT_ACC, DOT_FP32, EVEN_K,
+            SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+
+
+@triton.jit
+def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_SIZE_M: tl.constexpr):
+    """(row block, column block) of a tile: GROUP_SIZE_M row blocks in a row share the same weight columns in L2."""
     num_pid_in_group = GROUP_SIZE_M * num_pid_n
-    group_id = pid // num_pid_in_group
+    group_id = tile // num_pid_in_group
     first_pid_m = group_id * GROUP_SIZE_M
     group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    return first_pid_m + ((tile % num_pid_in_group) % group_size_m), (tile % num_pid_in_group) // group_size_m
 
-    num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
-    if pid_m * BLOCK_SIZE_M >= num_tokens_post_padded:
-        return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    if expert < 0:
-        return
 
+@triton.jit
+def _gemm_tile(
+    pid_m, pid_n, expert, k_first, k_last,
+    a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr,
+    amax_ptr, N, K, EM, num_valid_tokens, b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+    stride_cm, stride_cn, stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, A_ROW_DIV: tl.constexpr,
+    FUSE_SILU_MUL: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr, OUT_AMAX: tl.constexpr, QUANT: tl.constexpr,
+    GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, INT_ACC: tl.constexpr, DOT_FP32: tl.constexpr,
+    EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, A_TMA: tl.constexpr, A_SORTED: tl.constexpr, B_TMA: tl.constexpr,
+    C_SORTED: tl.constexpr,
+):
+    """One output tile of _fused_moe_gemm (whose arguments these are): rows pid_m * BLOCK_SIZE_M.. of the sorted ids
+    (all of one expert), columns pid_n * BLOCK_SIZE_N.., K steps k_first..k_last - 1."""
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
     offs_token = tl.load(sorted_token_ids_ptr + offs_m).to(tl.int64)
     token_mask = offs_token < num_valid_tokens
@@ -88,21 +144,8 @@ def _fused_moe_gemm(
     a_row0 = pid_m * BLOCK_SIZE_M
     b_row0 = (expert * b_rows_per_expert + pid_n * BLOCK_SIZE_N).to(tl.int32)
 
-    num_k_steps = tl.cdiv(K, BLOCK_SIZE_K)
-    if SPLIT_K == 1:
-        k_first = 0
-        k_last = num_k_steps
-    else:
-        # Only linear epilogues can be summed after the fact: not silu(gate)*up, not a running max of c.
-        tl.static_assert(not FUSE_SILU_MUL and not OUT_AMAX, "SPLIT_K > 1 is for the down GEMM only")
-        # Whole K steps, spread evenly: the quantization groups, the EVEN_K masks and the tail stay as in one program.
-        pid_k = tl.program_id(1)
-        k_first = pid_k * num_k_steps // SPLIT_K
-        k_last = (pid_k + 1) * num_k_steps // SPLIT_K
-        if k_first >= k_last:
-            return  # more splits than K steps: nothing to add
-        a_ptrs += k_first * BLOCK_SIZE_K * stride_ak
-        b_ptrs += k_first * BLOCK_SIZE_K * stride_bk
+    a_ptrs += k_first * BLOCK_SIZE_K * stride_ak
+    b_ptrs += k_first * BLOCK_SIZE_K * stride_bk
 
     if INT_ACC and not DOT_FP32:
         acc_dtype = tl.int32

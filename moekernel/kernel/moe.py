@@ -17,6 +17,7 @@ expert-sorted rows; TMA=2 on the down GEMM makes the up GEMM write the intermedi
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -223,21 +224,43 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
             raise ValueError(refused)
     em = ws.sorted_ids.numel()
     split_k = cfg["SPLIT_K"]
-    grid = (triton.cdiv(em, bm) * triton.cdiv(n_out, bn),) + ((split_k,) if split_k > 1 else ())
+    tiles = triton.cdiv(em, bm) * triton.cdiv(n_out, bn)
+    # A warmup compiles the same binary for any program count (num_programs is not specialised on), so the compile
+    # workers never ask the device.
+    programs = min(tiles, _persistent_programs()) if cfg["PERSISTENT"] and not warmup else tiles
+    grid = (programs,) + ((split_k,) if split_k > 1 else ())
     args = [a, b, c, a_desc, b_desc, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post,
             ws.amax_slot(1), n_out, k_in, em, spec.M * spec.topk, b.shape[1],
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
-            *scale_strides(spec.mode, a_scale, b_scale)]
+            *scale_strides(spec.mode, a_scale, b_scale), programs]
     meta = dict(
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
         QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, SPLIT_K=split_k, A_TMA=a_tma, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted,
+        PERSISTENT=bool(cfg["PERSISTENT"]),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:
         return _kernels._fused_moe_gemm.warmup(*warmup_args(args), grid=grid, **meta)
     _kernels._fused_moe_gemm[grid](*args, **meta)
+
+
+#: Programs of a persistent GEMM in the interpreter: a few, so that each walks several tiles.
+_INTERPRETER_PROGRAMS = 3
+
+
+@functools.lru_cache(maxsize=None)
+def _device_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _persistent_programs() -> int:
+    """Programs of a persistent GEMM: one per SM of the current GPU (what the H200 probe measured; a small tile
+    could fit more programs per SM, which the tuner's choice among tiles already weighs)."""
+    if interpreted() or not torch.cuda.is_available():
+        return _INTERPRETER_PROGRAMS
+    return _device_sms(torch.cuda.current_device())
 
 
 def _gather_sorted(ws, x, row_div: int, warmup=False) -> torch.Tensor:

@@ -22,7 +22,7 @@ from .seeds import heuristic_seeds
 from .select import Checker, Selection
 from .settings import TuneSettings
 from .space import (Candidate, config_str, device_smem_limit, extended_default, extended_variants, format_duration,
-                    interpreter_seconds, prune)
+                    interpreter_seconds, persistent_variant, prune)
 from .strategies import Fast
 
 FAILED = ("out_of_resources", "compile_error", "runtime_error", "incorrect")
@@ -176,34 +176,41 @@ class TuneJob:
         (:func:`moekernel.tuning.space.extended_variants`, pruned with reasons): TMA on the winner and on the other
         finalists timed on every draw beside it (same scope and BLOCK_SIZE_M), SPLIT_K (alone and with TMA) on the
         winner's down GEMM, and (for a whole-op winner) moekernel's extended default. The variants are timed like
-        finalists, on every routing draw; the extended winner is the best of them and the winner
-        (:meth:`Selection.pick_extended`), the winner itself where none pays."""
+        finalists, on every routing draw; the best of them and the winner (:meth:`Selection.pick_extended`), the
+        winner itself where none pays, then gets a persistent down GEMM where it drives one
+        (:func:`moekernel.tuning.space.persistent_variant`): the extended winner is the faster of the two."""
         rows, base = self.meas.rows, self.base_row()
         winners = {c.gemm: c for c in rows if rows[c]["winner"]}
+
+        def add(config, reason, gemm) -> Candidate | None:
+            """A row for a variant not seen yet; the candidate, if it is to be timed."""
+            cand = Candidate.of(config, gemm)
+            if cand in rows:
+                return None
+            rows[cand] = {**base, **config, "gemm": gemm, "error": reason, "status": "pruned" if reason else "ok"}
+            return None if reason else cand
+
+        def timed_pick(best: Candidate, variants: list, whole) -> Candidate:
+            variants = [c for c in variants if c is not None]
+            if not variants:
+                return best
+            self.meas(variants, self.settings.iters)
+            self.meas.time_draws(variants)
+            return selection.pick_extended(best, variants, whole)
+
         for winner in winners.values():
             others = [c for c in finalists if c != winner and c.gemm == winner.gemm and c.cid[0] == winner.cid[0]
                       and rows[c]["status"] == "ok" and rows[c]["mean_us"] is not None]
-            variants = []
-            for source in [winner, *others]:
-                for config, reason in extended_variants(self.shape, self.M, source.config, winner.gemm,
-                                                        winner=source == winner):
-                    cand = Candidate.of(config, winner.gemm)
-                    if cand in rows:
-                        continue
-                    rows[cand] = {**base, **config, "gemm": winner.gemm, "error": reason,
-                                  "status": "pruned" if reason else "ok"}
-                    if reason is None:
-                        variants.append(cand)
+            variants = [add(config, reason, winner.gemm)
+                        for source in [winner, *others]
+                        for config, reason in extended_variants(self.shape, self.M, source.config, winner.gemm,
+                                                                winner=source == winner)]
             if winner.gemm == "both":
-                default = Candidate.of(extended_default(self.shape, self.M), "both")
-                if default not in rows:
-                    rows[default] = {**base, **default.config, "gemm": "both", "error": None, "status": "ok"}
-                    variants.append(default)
-            best = winner
-            if variants:
-                self.meas(variants, self.settings.iters)
-                self.meas.time_draws(variants)
-                best = selection.pick_extended(winner, variants, self._whole_config(winner.gemm, winners))
+                variants.append(add(extended_default(self.shape, self.M), None, "both"))
+            whole = self._whole_config(winner.gemm, winners)
+            best = timed_pick(winner, variants, whole)
+            if winner.gemm != "up":
+                best = timed_pick(best, [add(persistent_variant(best.config), None, winner.gemm)], whole)
             rows[best]["extended_winner"] = True
             self.meas.measured.add(best)
         self.meas.checkpoint(force=True)
