@@ -23,15 +23,18 @@ def default(M):
 
 
 def fake_times(monkeypatch, times_us):
-    """time_callable returns, per call, the next of ``times_us`` (µs); returns the list of calls made."""
+    """time_interleaved gives each callable, in turn, the next of ``times_us`` (µs); returns the list of calls made."""
     calls = []
 
-    def fake(fn, *, iters, backend, **_):
-        fn()
-        calls.append(fn)
-        return timing.Timing.from_samples([times_us[len(calls) - 1]])
+    def fake(fns, *, iters, backend, **_):
+        found = []
+        for fn in fns:
+            fn()
+            calls.append(fn)
+            found.append(timing.Timing.from_samples([times_us[len(calls) - 1]]))
+        return found
 
-    monkeypatch.setattr(timing, "time_callable", fake)
+    monkeypatch.setattr(timing, "time_interleaved", fake)
     return calls
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from moekernel.kernel.timing import INTERPRET_MAX_ITERS, REPLAY_US, Timing, calls_for, time_callable
+from moekernel.kernel.timing import (INTERPRET_MAX_ITERS, REPLAY_US, Timing, calls_for, time_callable,
+                                     time_interleaved)
 
 
 def test_timing_from_samples_median_and_spread():
@@ -30,6 +31,25 @@ def test_errors_propagate_and_arguments_are_checked():
         time_callable(lambda: None, iters=0, backend="interpret")
     with pytest.raises(ValueError):
         time_callable(lambda: None, backend="rocm")
+
+
+def test_callables_compared_take_turns_and_one_failure_spares_the_others():
+    order = []
+
+    def boom():
+        raise RuntimeError("kernel failed")
+
+    a, b = (lambda: order.append("a")), (lambda: order.append("b"))
+    found = time_interleaved([a, boom, b], iters=INTERPRET_MAX_ITERS, turn=1, backend="interpret")
+    # Every callable's first sample, then turns of one: neither runs all its samples before the other starts.
+    assert order == ["a", "b"] * INTERPRET_MAX_ITERS
+    assert isinstance(found[1], RuntimeError) and str(found[1]) == "kernel failed"
+    assert [t.iters for t in (found[0], found[2])] == [INTERPRET_MAX_ITERS] * 2
+    assert time_interleaved([], backend="interpret") == []
+    with pytest.raises(ValueError):
+        time_interleaved([a], turn=0, backend="interpret")
+    with pytest.raises(ValueError):
+        time_interleaved([a], backend="rocm")
 
 
 def test_long_calls_are_captured_fewer_times_per_graph():
@@ -60,3 +80,22 @@ def test_cuda_graph_timing_scales_with_work():
     for t in (small, large, huge):
         assert t.median_us * t.calls_per_replay >= REPLAY_US * 0.5 or t.calls_per_replay == 10
         assert t.calls_per_replay == 1 or t.median_us * (t.calls_per_replay - 1) < REPLAY_US * 1.5
+
+
+@pytest.mark.cuda
+def test_cuda_interleaved_timing_matches_one_at_a_time_and_reports_failures():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+    out = torch.empty_like(a)
+    small, large = (lambda: torch.matmul(a[:512], a, out=out[:512])), (lambda: torch.matmul(a, a, out=out))
+
+    def boom():
+        raise RuntimeError("kernel failed")
+
+    t_small, failed, t_large = time_interleaved([small, boom, large], iters=20, turn=3)
+    assert isinstance(failed, RuntimeError)
+    assert t_small.iters == t_large.iters == 20 and 0 < t_small.median_us < t_large.median_us
+    alone = time_callable(large, iters=20)
+    assert alone.median_us == pytest.approx(t_large.median_us, rel=0.25)  # the same method, turns apart

@@ -17,7 +17,8 @@ A benchmark, not a test::
    (as a proxy for the tensor cores' int8 rate) int8_w8a8. Each source's fraction is floor / its time: 1 is
    the roofline; above 1 means the floor model is wrong (printed anyway).
 3. Sources, all on the same seeded inputs (moekernel.kernel.testing.make_inputs) and timed with the tuner's helper
-   (moekernel.kernel.timing.time_callable: CUDA graph of up to 10 calls, median of the replays):
+   (moekernel.kernel.timing.time_interleaved: CUDA graph of up to 10 calls, median of the replays; the sources of
+   one batch size take turns, a few replays each, so a drift of the GPU's clocks weighs on them alike):
    ``default`` (moekernel.heuristics.default_config with extended=True: TMA loads, and may split the down GEMM),
    ``default-six`` (the same rule held to the engines' six parameters, what an engine file can carry),
    ``engine-default`` (what vLLM falls back to without tuned files), ``folder:DIR`` / ``tuned:DIR`` for each

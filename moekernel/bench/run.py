@@ -1,4 +1,9 @@
-"""Timing every source at every batch size on the same inputs, each checked against the float32 reference."""
+"""Timing every source at every batch size on the same inputs, each checked against the float32 reference.
+
+At each batch size the sources a CUDA graph can hold take turns on the GPU (moekernel.kernel.timing.time_interleaved),
+so a drift of its clocks weighs on them alike; one a graph cannot hold (torch's baseline where capture fails) is timed
+on its own after them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,25 @@ from ..roofline import Ceilings
 from ..shapes import KernelShape
 from .sources import Source, torch_baseline
 from .table import fmt_time
+
+
+def _time_sources(ready: list, backend: str, iters: int) -> list[tuple]:
+    """(Timing or the exception, method) for each (callable, graph) of ``ready``: those a CUDA graph holds
+    (``graph`` True) taking turns, then each of the others on its own (:func:`time_source`)."""
+    from ..kernel.timing import time_interleaved
+
+    found: list = [None] * len(ready)
+    turns = [i for i, (_, graph) in enumerate(ready) if graph is True or backend != "cuda"]
+    method = "cuda graph" if backend == "cuda" else "cpu wall clock"
+    for i, timing in zip(turns, time_interleaved([ready[i][0] for i in turns], iters=iters, backend=backend)):
+        found[i] = (timing, method)
+    for i, (fn, graph) in enumerate(ready):
+        if found[i] is None:
+            try:
+                found[i] = time_source(fn, backend, iters, graph)
+            except Exception as exc:  # noqa: BLE001 - the caller records it as the source's error
+                found[i] = (exc, None)
+    return found
 
 
 def time_source(fn, backend: str, iters: int, graph=True):
@@ -40,11 +64,17 @@ def bench(shape: KernelShape, batch_sizes, sources: list[Source], ceilings: Ceil
     bound = shape.info.rel_error_bound
     device = torch_device(backend)
     rows = []
+
+    def failed(row, exc):  # a config that fails is a finding, not a crash
+        row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if backend == "cuda":
+            torch.cuda.synchronize()
+
     for M in batch_sizes:
         inputs = make_inputs(shape, M, routing=routing, seed=seed, device=device)
         roof = roofline.estimate(shape, M, roofline.hit_experts(inputs.topk_ids, shape.E), ceilings.bandwidth,
                                  ceilings.peak(shape.dtype))
-        reference = None  # the float32 reference, computed once per batch size when a source first needs it
+        ready = []  # (row, source, callable, how a graph can hold it) of every source that could be set up
         for src in sources:
             row = {"batch_size": M, "source": src.name, **roof, "config": None, "config_batch_size": None,
                    "method": None, "time_us": None, "p20_us": None, "p80_us": None, "iters": None,
@@ -61,14 +91,23 @@ def bench(shape: KernelShape, batch_sizes, sources: list[Source], ceilings: Ceil
                     config, row["config_batch_size"] = src.config(shape, M)
                     row["config"] = config
                     fn, graph = make_runner(inputs, config, "both"), True
-                timing, row["method"] = time_source(fn, backend, iters, graph)
-                out = fn().clone()
-            except Exception as exc:  # noqa: BLE001 - a config that fails is a finding, not a crash
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                if backend == "cuda":
-                    torch.cuda.synchronize()
+            except Exception as exc:  # noqa: BLE001
+                failed(row, exc)
                 continue
-            row.update(time_us=timing.median_us, p20_us=timing.p20_us, p80_us=timing.p80_us, iters=timing.iters)
+            ready.append((row, src, fn, graph))
+        timings = _time_sources([(fn, graph) for _, _, fn, graph in ready], backend, iters)
+        reference = None  # the float32 reference, computed once per batch size when a source first needs it
+        for (row, src, fn, _), (timing, method) in zip(ready, timings):
+            if isinstance(timing, Exception):
+                failed(row, timing)
+                continue
+            try:
+                out = fn().clone()
+            except Exception as exc:  # noqa: BLE001
+                failed(row, exc)
+                continue
+            row.update(method=method, time_us=timing.median_us, p20_us=timing.p20_us, p80_us=timing.p80_us,
+                       iters=timing.iters)
             if roof["floor_us"] is not None:
                 row["fraction"] = roof["floor_us"] / timing.median_us
             # Every source against the float32 reference itself, so one failing source hides no other's error.
@@ -78,7 +117,8 @@ def bench(shape: KernelShape, batch_sizes, sources: list[Source], ceilings: Ceil
             # torch does not quantize the activations of w8a8 dtypes: a few per cent apart is expected.
             loose = src.kind == "torch" and shape.info.quantizes_activations
             row["mismatch"] = row["ref_error"] > bound * (2 if loose else 1)
-            del fn, out
+            del out
+        del ready, timings
         if log:
             log(f"M={M}: " + ", ".join(
                 f"{r['source']} {fmt_time(r['time_us'])}" for r in rows if r["batch_size"] == M))

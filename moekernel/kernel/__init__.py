@@ -7,7 +7,8 @@ Public modules::
     quant      the quantization conventions (scale layouts, storage dtypes)
     reference  the float32 torch reference
     testing    seeded random inputs (make_inputs, meta_inputs)
-    timing     the timing method the tuner, the benchmark and verify share (time_callable)
+    timing     the timing method the tuner, the benchmark and verify share (time_callable; time_interleaved to
+               compare several)
 
 Private: ``_kernels`` (the @triton.jit code). Launch-config defaults live in ``moekernel.heuristics`` and the tuned
 files' lookup in ``moekernel.configs``, both light enough for a host without a GPU stack.

@@ -8,6 +8,12 @@ calls per replay would only multiply the seconds spent timing (most of the tuner
 The median is the figure, p20/p80 the spread. The kernels see the same inputs every call (inputs stay in L2 when
 they fit, as in the engines' tuners).
 
+Callables compared with each other are timed together (:func:`time_interleaved`): each is captured and warmed up
+alone, then they take turns, a few replays each, until each has its samples. An H200's clocks drift by several per
+cent over the seconds a comparison takes under sustained load (BENCHMARKS.md: one config 1771 to 1945 µs between
+routing draws timed one after another); timed one after another, whichever ran at the better moment wins, while
+taking turns puts the same drift on every one.
+
 With the Triton interpreter the kernel runs through NumPy on the CPU: the figures only keep the code path alive
 and mean nothing; the tuner labels such rows ``backend=interpret``.
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,57 +77,145 @@ def time_callable(
 
 
 def _time_interpreted(fn: Callable[[], object], iters: int) -> Timing:
-    samples = []
-    for _ in range(iters):
+    return Timing.from_samples(_Interpreted(fn).samples(iters))
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]],
+    *,
+    iters: int = 20,
+    calls_per_graph: int = 10,
+    warmup: int = 2,
+    backend: str = "cuda",
+    turn: int = 4,
+) -> list[Timing | Exception]:
+    """Time ``fns`` against each other: each captured and warmed up as :func:`time_callable` does, then replayed in
+    turns of ``turn`` replays until each has ``iters`` samples (see the module docstring for why).
+
+    One result per callable, in order: its Timing, or the exception its first call or capture raised (the others are
+    timed all the same). An error while replaying propagates: it may have broken the CUDA context for all of them.
+    """
+    if iters < 1 or calls_per_graph < 1 or turn < 1:
+        raise ValueError("iters, calls_per_graph and turn must be >= 1")
+    if backend == "interpret":
+        iters = min(iters, INTERPRET_MAX_ITERS)
+        captured = [_attempt(lambda fn=fn: _Interpreted(fn)) for fn in fns]
+    elif backend == "cuda":
+        captured = [_attempt(lambda fn=fn: _Captured(fn, calls_per_graph, warmup)) for fn in fns]
+    else:
+        raise ValueError(f"backend must be 'cuda' or 'interpret', got {backend!r}")
+    try:
+        live = [c for c in captured if not isinstance(c, Exception)]
+        samples: dict[int, list[float]] = {id(c): [] for c in live}
+        while any(len(samples[id(c)]) < iters for c in live):
+            for c in live:
+                left = iters - len(samples[id(c)])
+                if left > 0:
+                    samples[id(c)] += c.samples(min(turn, left))
+    finally:
+        for c in captured:
+            if not isinstance(c, Exception):
+                c.close()
+    return [c if isinstance(c, Exception) else Timing.from_samples(samples[id(c)], c.first_call_s, c.calls)
+            for c in captured]
+
+
+def _attempt(make):
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001 - the caller gets each callable's own failure
+        return exc
+
+
+class _Interpreted:
+    """A callable timed by the wall clock (the interpreter's figures only keep the code path alive). Its first sample
+    is taken at once, so that a callable that fails does so here, as a captured one fails at its first call."""
+
+    first_call_s, calls = None, 1
+
+    def __init__(self, fn: Callable[[], object]):
+        self.fn = fn
+        self._taken = self._time(1)
+
+    def _time(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            self.fn()
+            out.append((time.perf_counter() - start) * 1e6)
+        return out
+
+    def samples(self, n: int) -> list[float]:
+        taken, self._taken = self._taken[:n], self._taken[n:]
+        return taken + self._time(n - len(taken))
+
+    def close(self) -> None:
+        pass
+
+
+class _Captured:
+    """A callable ready to be timed: called once eagerly, captured in a CUDA graph of ``calls`` calls, warmed up."""
+
+    def __init__(self, fn: Callable[[], object], calls_per_graph: int, warmup: int):
+        import torch
+
+        # Eager first call on a side stream, as torch recommends before capturing: kernels get loaded, lazy
+        # workspaces allocated, and errors surface here rather than as an invalidated capture.
         start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e6)
-    return Timing.from_samples(samples)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self.first_call_s = time.perf_counter() - start
+        self.fn, self.graphs = fn, []
+        try:
+            # The first replay, of the full graph, is a warm-up and tells how long a call is (GPU time only, unlike
+            # an eager call's); a call that long needs fewer calls per replay, so the graph is captured again.
+            self.graph = self._capture(calls_per_graph)
+            self.calls = calls_for(_time_replays(self.graph, 1)[0] / calls_per_graph, calls_per_graph)
+            settled = 1  # replays the timed graph has had
+            if self.calls < calls_per_graph:
+                self.graph, settled = self._capture(self.calls), 0
+            for _ in range(max(0, warmup - settled)):
+                self.graph.replay()
+        except BaseException:
+            self.close()
+            raise
 
+    def _capture(self, calls: int):
+        import torch
 
-def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int, warmup: int) -> Timing:
-    import torch
-
-    # Eager first call on a side stream, as torch recommends before capturing: kernels get loaded, lazy
-    # workspaces allocated, and errors surface here rather than as an invalidated capture.
-    start = time.perf_counter()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    first_call_s = time.perf_counter() - start
-
-    def capture(calls: int):
         graph = torch.cuda.CUDAGraph()
-        graphs.append(graph)
+        self.graphs.append(graph)
         with torch.cuda.graph(graph):
             for _ in range(calls):
-                fn()
+                self.fn()
         return graph
 
-    graphs = []
-    try:
-        # The first replay, of the full graph, is a warm-up and tells how long a call is (GPU time only, unlike an
-        # eager call's); a call that long needs fewer calls per replay, so the graph is captured again with fewer.
-        graph = capture(calls_per_graph)
-        calls = calls_for(_time_replays(graph, 1)[0] / calls_per_graph, calls_per_graph)
-        settled = 1  # replays the timed graph has had
-        if calls < calls_per_graph:
-            graph, settled = capture(calls), 0
-        for _ in range(max(0, warmup - settled)):
-            graph.replay()
-        samples = [us / calls for us in _time_replays(graph, iters)]
-    finally:
+    def samples(self, n: int) -> list[float]:
+        """Microseconds per call of each of ``n`` replays."""
+        return [us / self.calls for us in _time_replays(self.graph, n)]
+
+    def close(self) -> None:
         # Free the graphs' private memory pools now: a tuning job captures hundreds of graphs. After a failed
         # capture reset may raise as well; the first error is the one to report.
-        for graph in graphs:
+        for graph in self.graphs:
             try:
                 graph.reset()
             except Exception:  # noqa: BLE001
                 pass
-    return Timing.from_samples(samples, first_call_s, calls)
+        self.graphs = []
+
+
+def _time_cuda_graph(fn: Callable[[], object], iters: int, calls_per_graph: int, warmup: int) -> Timing:
+    captured = _Captured(fn, calls_per_graph, warmup)
+    try:
+        samples = captured.samples(iters)
+    finally:
+        captured.close()
+    return Timing.from_samples(samples, captured.first_call_s, captured.calls)
 
 
 def _time_replays(graph, n: int) -> list[float]:

@@ -99,7 +99,7 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
     from moekernel.kernel import testing
     from moekernel.kernel.moe import make_runner
     from moekernel.kernel.reference import fused_experts_ref, relative_error
-    from moekernel.kernel.timing import time_callable
+    from moekernel.kernel.timing import time_interleaved
 
     shape = KernelShape.from_key(key)
     bound = shape.info.rel_error_bound  # the tuner's own bound: a winner it accepted passes here
@@ -143,29 +143,39 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
         for row in results.values():
             by_config.setdefault(row["config"], []).append(row)
         ref = fused_experts_ref(**held_out[0].kwargs())
+        def failed(same: list[dict], exc: Exception) -> None:
+            # A config that fails here is a finding, not a pipeline crash.
+            log.warning("%s M=%d %s config failed: %s", key, M, "/".join(r["source"] for r in same), exc)
+            for row in same:
+                row.update(ok=False, note=f"{type(exc).__name__}: {exc}"[:500])
+
         for d, draw_inputs in enumerate(held_out):
-            for text, same in by_config.items():  # configs take turns, so drift hits them alike
-                first = same[0]
-                if first.get("ok") is False:
+            runners = {}
+            for text, same in by_config.items():
+                if same[0].get("ok") is False:
                     continue
-                found: dict = {}
                 try:
                     runner = make_runner(draw_inputs, json.loads(text))
                     if d == 0:
                         err = relative_error(runner(), ref)
-                        found.update(rel_error=err, ok=err <= bound)
+                        for row in same:
+                            row.update(rel_error=err, ok=err <= bound)
+                            if err > bound:
+                                row["note"] = f"relative error {err:.3g} above the {shape.dtype} bound {bound:g}"
                         if err > bound:
-                            found["note"] = f"relative error {err:.3g} above the {shape.dtype} bound {bound:g}"
-                    if found.get("ok", True):
-                        found["time"] = time_callable(runner, iters=iters, backend=backend).median_us
-                    del runner
-                except Exception as exc:  # a config that fails here is a finding, not a pipeline crash
-                    log.warning("%s M=%d %s config failed: %s", key, M, "/".join(r["source"] for r in same), exc)
-                    found.update(ok=False, note=f"{type(exc).__name__}: {exc}"[:500])
-                for row in same:
-                    if "time" in found:
-                        row["draw_us"].append(found["time"])
-                    row.update({k: v for k, v in found.items() if k != "time"})
+                            continue
+                    runners[text] = runner
+                except Exception as exc:  # noqa: BLE001
+                    failed(same, exc)
+            # The configs take turns on the GPU, so a drift of its clocks weighs on them alike.
+            timings = time_interleaved(list(runners.values()), iters=iters, backend=backend)
+            for text, timing in zip(runners, timings):
+                if isinstance(timing, Exception):
+                    failed(by_config[text], timing)
+                    continue
+                for row in by_config[text]:
+                    row["draw_us"].append(timing.median_us)
+            del runners, timings
         for row in results.values():
             if row["draw_us"] and len(row["draw_us"]) == draws:
                 row["time_us"] = sum(row["draw_us"]) / draws

@@ -195,7 +195,8 @@ class TuneJob:
             if not variants:
                 return best
             self.meas(variants, self.settings.iters)
-            self.meas.time_draws(variants)
+            # The best so far takes turns with its variants on every draw: one measurement decides between them.
+            self.meas.time_draws([best, *variants], again=[best])
             return selection.pick_extended(best, variants, whole)
 
         for winner in winners.values():

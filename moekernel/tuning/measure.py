@@ -121,27 +121,56 @@ class Measurements:
                                draw_us=None, mean_us=None, worst_us=None, timestamp=now())
         self.measured.add(cand)
 
-    def time_draws(self, cands: Sequence[Candidate]) -> None:
-        """Time ``cands`` (already timed on draw 0, with full iters) on the job's other routing draws too; each row
-        gets ``draw_us`` (one median per draw), ``mean_us`` and ``worst_us``."""
-        draws = self.job.settings.draws
-        todo = [c for c in cands if self.rows[c]["status"] == "ok" and len(self.rows[c]["draw_us"] or ()) < draws]
+    def time_draws(self, cands: Sequence[Candidate], again: Sequence[Candidate] = ()) -> None:
+        """Time ``cands`` against each other on every routing draw of the job, taking turns
+        (:func:`moekernel.kernel.timing.time_interleaved`); each row gets ``draw_us`` (one median per draw),
+        ``mean_us`` and ``worst_us``. A candidate that has them already (from a checkpoint, or an earlier
+        comparison) is skipped, unless it is in ``again``: timed anew beside the others, so that the figures a
+        choice compares come from one interleaved measurement. With one draw (the tuning draw only) the figure is
+        the row's own time."""
         from tqdm import tqdm
 
+        from ..kernel.moe import make_runner
+        from ..kernel.timing import time_interleaved
+
+        job, draws = self.job, self.job.settings.draws
+        if draws == 1:
+            for cand in cands:
+                row = self.rows[cand]
+                if row["status"] == "ok" and row["time_us"] is not None:
+                    row.update(draw_us=[row["time_us"]], mean_us=row["time_us"], worst_us=row["time_us"])
+                    self.measured.add(cand)
+            self.checkpoint(force=True)
+            return
+        todo = [c for c in dict.fromkeys(cands) if self.rows[c]["status"] == "ok"
+                and (c in again or len(self.rows[c]["draw_us"] or ()) < draws)]
+        times: dict[Candidate, list[float]] = {c: [] for c in todo}
         quiet = not self.progress or not todo
-        for cand in tqdm(todo, desc=f"{draws} draws", unit="cfg", file=sys.stderr, disable=quiet, leave=False):
-            row = self.rows[cand]
-            times = [row["time_us"]]
-            for draw in range(1, draws):
-                t = self._time(cand, self.job.settings.iters, draw=draw)
-                if t is None:
-                    break  # failed on this draw: the row says why
-                times.append(t.median_us)
-            else:
-                row.update(draw_us=times, mean_us=sum(times) / len(times), worst_us=max(times))
+        for draw in tqdm(range(draws), desc=f"{len(todo)} cfg x {draws} draws", file=sys.stderr, disable=quiet,
+                         leave=False):
+            where = f" (routing draw {draw})" if draw else ""
+            runners = {}
+            for cand in todo:
+                if self.rows[cand]["status"] != "ok":
+                    continue  # failed on an earlier draw: its row says why
+                try:
+                    runners[cand] = make_runner(job.draw_inputs(draw), cand.config, gemm=cand.gemm)
+                except Exception as exc:  # noqa: BLE001 - any failure of one config is that config's row
+                    self.fail(cand, classify_error(exc, "runtime_error"), error_text(exc) + where)
+                    self.check_context(cand)
+            results = time_interleaved(list(runners.values()), iters=job.settings.iters, backend=job.backend)
+            for cand, result in zip(runners, results):
+                if isinstance(result, Exception):
+                    self.fail(cand, classify_error(result, "runtime_error"), error_text(result) + where)
+                    self.check_context(cand)
+                else:
+                    times[cand].append(result.median_us)
+            del runners, results
+        for cand, found in times.items():
+            if self.rows[cand]["status"] == "ok" and len(found) == draws:
+                self.rows[cand].update(draw_us=found, mean_us=sum(found) / draws, worst_us=max(found))
                 self.measured.add(cand)
-            self._since_checkpoint += 1
-            self.checkpoint()
+        self._since_checkpoint += len(todo)
         self.checkpoint(force=True)
 
     def _time(self, cand: Candidate, iters: int, draw: int = 0):
