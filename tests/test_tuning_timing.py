@@ -61,11 +61,17 @@ def test_long_calls_are_captured_fewer_times_per_graph():
     assert calls_for(5.0, 4) == 4
 
 
-@pytest.mark.cuda
-def test_cuda_graph_timing_scales_with_work():
+@pytest.fixture
+def cuda_torch():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+    return torch
+
+
+@pytest.mark.cuda
+def test_cuda_graph_timing_scales_with_work(cuda_torch):
+    torch = cuda_torch
     a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
     out = torch.empty_like(a)
     small = time_callable(lambda: torch.matmul(a[:256], a, out=out[:256]), iters=20, backend="cuda")
@@ -83,10 +89,8 @@ def test_cuda_graph_timing_scales_with_work():
 
 
 @pytest.mark.cuda
-def test_cuda_interleaved_timing_matches_one_at_a_time_and_reports_failures():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
+def test_cuda_interleaved_timing_matches_one_at_a_time_and_reports_failures(cuda_torch):
+    torch = cuda_torch
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
     out = torch.empty_like(a)
     small, large = (lambda: torch.matmul(a[:512], a, out=out[:512])), (lambda: torch.matmul(a, a, out=out))
