@@ -143,6 +143,7 @@ def verify_key(gpu: str, key: str, shards: dict[int, str], *, routing: str = "un
         for row in results.values():
             by_config.setdefault(row["config"], []).append(row)
         ref = fused_experts_ref(**held_out[0].kwargs())
+
         def failed(same: list[dict], exc: Exception) -> None:
             # A config that fails here is a finding, not a pipeline crash.
             log.warning("%s M=%d %s config failed: %s", key, M, "/".join(r["source"] for r in same), exc)

@@ -127,7 +127,8 @@ class Measurements:
         ``mean_us`` and ``worst_us``. A candidate that has them already (from a checkpoint, or an earlier
         comparison) is skipped, unless it is in ``again``: timed anew beside the others, so that the figures a
         choice compares come from one interleaved measurement. With one draw (the tuning draw only) the figure is
-        the row's own time."""
+        the row's own time. The draws are checkpointed when all are timed: a job killed before times them again
+        on resume, so a comparison is never pieced together from two processes."""
         from tqdm import tqdm
 
         from ..kernel.moe import make_runner
