@@ -17,7 +17,8 @@ from .table import fmt_time
 
 def _time_sources(ready: list, backend: str, iters: int) -> list[tuple]:
     """(Timing or the exception, method) for each (callable, graph) of ``ready``: those a CUDA graph holds
-    (``graph`` True) taking turns, then each of the others on its own (:func:`time_source`)."""
+    (``graph`` True, or any in the interpreter) taking turns, then each of the others on its own
+    (:func:`_time_uncapturable`)."""
     from ..kernel.timing import time_interleaved
 
     found: list = [None] * len(ready)
@@ -28,24 +29,21 @@ def _time_sources(ready: list, backend: str, iters: int) -> list[tuple]:
     for i, (fn, graph) in enumerate(ready):
         if found[i] is None:
             try:
-                found[i] = time_source(fn, backend, iters, graph)
+                found[i] = _time_uncapturable(fn, iters, graph)
             except Exception as exc:  # noqa: BLE001 - the caller records it as the source's error
                 found[i] = (exc, None)
     return found
 
 
-def time_source(fn, backend: str, iters: int, graph=True):
-    """(Timing, method). ``graph``: True (CUDA graph), False (events), "try" (graph, else events)."""
+def _time_uncapturable(fn, iters: int, graph):
+    """(Timing, method) on CUDA for a callable a graph may not hold: ``graph`` "try" (a graph, else events) or
+    False (events)."""
     from ..kernel.timing import time_callable, time_with_events
 
-    if backend != "cuda":
-        return time_callable(fn, iters=iters, backend="interpret"), "cpu wall clock"
-    if graph:
+    if graph == "try":
         try:
             return time_callable(fn, iters=iters), "cuda graph"
         except RuntimeError:
-            if graph != "try":
-                raise
             import torch
 
             torch.cuda.synchronize()  # not capturable after all: time it call by call
