@@ -13,9 +13,10 @@ alignment feeds both): do the GEMMs want configs of their own?
 ``--probe persistent``: the same base, with persistent GEMMs (PERSISTENT=1) on both, on the up or the down GEMM
 alone, and on both with other GROUP_SIZE_M (the order the programs walk the tiles).
 
-Every variant's output is checked against the base's. Times: CUDA-graph medians (moekernel.kernel.timing), averaged
-over ``--draws`` routing draws; the table gives each variant's speed-up over the base (>1: faster) and the floor
-fraction of the base and of the best variant (roofline against KNOWN_CEILINGS["NVIDIA_H200"]).
+Every variant's output is checked against the base's. Times: CUDA-graph medians, the variants taking turns
+(moekernel.kernel.timing.time_interleaved), averaged over ``--draws`` routing draws; the table gives each variant's
+speed-up over the base (>1: faster) and the floor fraction of the base and of the best variant (roofline against
+KNOWN_CEILINGS["NVIDIA_H200"]).
 
     python benchmarks/tma_probe.py --keys E8-N7168-K4096-top2-bf16 --batch-sizes 1,64,512,4096 [--json out.json]
     python benchmarks/tma_probe.py --probe down --own benchmarks/tuned-h200-tma
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     from moekernel.kernel.moe import make_runner
     from moekernel.kernel.reference import relative_error
     from moekernel.kernel.testing import make_inputs, redraw
-    from moekernel.kernel.timing import time_callable
+    from moekernel.kernel.timing import time_callable, time_interleaved
     from moekernel.roofline import KNOWN_CEILINGS, expected_hit_experts, floor_us
     from moekernel.shapes import KernelShape
     from moekernel.tuning.compile import compile_configs
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
             for draw in range(args.draws):
                 if draw:
                     inputs = redraw(inputs, shape, M, seed=M, draw=draw)
-                base_out = None
+                base_out, runs = None, {}
                 for name, cfg in variants.items():
                     if json.dumps(cfg, sort_keys=True) in failed or name in errors:
                         errors.setdefault(name, "compile failed")
@@ -182,12 +183,19 @@ def main(argv=None) -> int:
                         elif (err := relative_error(out, base_out)) > 2e-2:
                             errors[name] = f"differs from base by {err:.2e}"
                             continue
-                        timing = time_callable(run, iters=args.iters, backend=backend)
-                        times.setdefault(name, []).append(timing.median_us)
+                        runs[name] = run
                     except Exception as exc:  # noqa: BLE001 - a probe records what fails and goes on
                         errors[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
                     if backend == "cuda":
                         torch.cuda.synchronize()
+                # The variants take turns, so that the card's clock drift lands on all of them alike.
+                for name, timing in zip(runs, time_interleaved(list(runs.values()), iters=args.iters,
+                                                               backend=backend)):
+                    if isinstance(timing, Exception):
+                        errors[name] = f"{type(timing).__name__}: {str(timing)[:200]}"
+                    else:
+                        times.setdefault(name, []).append(timing.median_us)
+                del runs
                 if args.breakdown and "base" in times:
                     for gemm in ("up", "down"):
                         run = make_runner(inputs, variants["base"], gemm=gemm)
@@ -200,7 +208,10 @@ def main(argv=None) -> int:
             row = {"key": key, "M": M, "origin": origin, "floor_us": floor, "base_us": base_us, "mean_us": mean,
                    "errors": errors, "best": best, "configs": variants}
             results.append(row)
-            speed = " ".join(f"{n}={base_us / t:.3f}" for n, t in whole.items() if n != "base") if base_us else ""
+            if base_us is None:
+                print(f"{key} M={M} base({origin}) failed: {errors}", flush=True)
+                continue
+            speed = " ".join(f"{n}={base_us / t:.3f}" for n, t in whole.items() if n != "base")
             if args.breakdown and "base-up" in mean:
                 rest = base_us - mean["base-up"] - mean["base-down"]
                 speed += f" | up {mean['base-up']:.1f} us, down {mean['base-down']:.1f} us, rest {rest:.1f} us"
