@@ -49,9 +49,6 @@ for stage in "$@"; do
     # Persistent GEMMs (and the order they walk the tiles in), on top of moekernel's own tuned files.
     persistent-probe) run persistent-probe python3 benchmarks/tma_probe.py --probe persistent ${KEYS:+--keys "$KEYS"} \
              --batch-sizes "${BATCHES:-1,64,256,512,1024,2048,4096}" --json "$WORK/persistent-probe.json" ;;
-    # Triton's warp specialization of the K loop (WARP_SPEC), on top of moekernel's own tuned files (OWN).
-    ws-probe) run ws-probe python3 benchmarks/tma_probe.py --probe warpspec --own "${OWN:-benchmarks/tuned-h200-persistent}" \
-             ${KEYS:+--keys "$KEYS"} --batch-sizes "${BATCHES:-1,64,512,1024,2048,4096}" --json "$WORK/ws-probe.json" ;;
     # Where a call's time goes: the base configs' up and down GEMMs alone, and the rest (alignment, sum, quantization).
     breakdown) run breakdown python3 benchmarks/tma_probe.py --breakdown --skip-variants --batch-sizes "${BATCHES:-1,64,512,1024,4096}" \
              --json "$WORK/breakdown.json" ;;

@@ -13,10 +13,6 @@ alignment feeds both): do the GEMMs want configs of their own?
 ``--probe persistent``: the same base, with persistent GEMMs (PERSISTENT=1) on both, on the up or the down GEMM
 alone, and on both with other GROUP_SIZE_M (the order the programs walk the tiles).
 
-``--probe warpspec``: the same base, with Triton's warp specialization of the K loop (WARP_SPEC=1, num_warps=4: a
-producer warp group and consumer warp groups) on the up GEMM, the down GEMM or both, and on the up GEMM with both
-operands by TMA; each row says which variants' binaries Triton did warp-specialize (``ws=``).
-
 Every variant's output is checked against the base's. Times: CUDA-graph medians, the variants taking turns
 (moekernel.kernel.timing.time_interleaved), averaged over ``--draws`` routing draws; the table gives each variant's
 speed-up over the base (>1: faster) and the floor fraction of the base and of the best variant (roofline against
@@ -25,7 +21,6 @@ KNOWN_CEILINGS["NVIDIA_H200"]).
     python benchmarks/tma_probe.py --keys E8-N7168-K4096-top2-bf16 --batch-sizes 1,64,512,4096 [--json out.json]
     python benchmarks/tma_probe.py --probe down --own benchmarks/tuned-h200-tma
     python benchmarks/tma_probe.py --probe persistent --own benchmarks/tuned-h200-tma
-    python benchmarks/tma_probe.py --probe warpspec --own benchmarks/tuned-h200-persistent
 """
 
 from __future__ import annotations
@@ -97,46 +92,14 @@ def persistent_variants(base: dict) -> dict[str, dict]:
     return out
 
 
-def warpspec_variants(base: dict) -> dict[str, dict]:
-    """The base ({"up": .., "down": ..}) with the K loop warp-specialized on either GEMM or both (one program per
-    tile, 4 warps per warp group), at the base's stages and one more."""
-    up, down = base["up"], base["down"]
-
-    def ws(cfg, **extra):
-        return dict(cfg, WARP_SPEC=1, num_warps=4, PERSISTENT=0, **extra)
-
-    out = {}
-    for stages in sorted({up["num_stages"], up["num_stages"] + 1}):
-        tag = f"s{stages}"
-        out[f"ws-up-{tag}"] = {"up": ws(up, num_stages=stages), "down": down}
-        out[f"ws-up-tma2-{tag}"] = {"up": ws(up, num_stages=stages, TMA=2), "down": down}
-        out[f"ws-down-{tag}"] = {"up": up, "down": ws(down, num_stages=stages, SPLIT_K=1)}
-        out[f"ws-{tag}"] = {"up": ws(up, num_stages=stages), "down": ws(down, num_stages=stages, SPLIT_K=1)}
-    return out
-
-
-def _compiled_gemms() -> list:
-    """Every binary of the GEMM kernel compiled in this process so far."""
-    from moekernel.kernel import _kernels
-
-    out = []
-    for cache in _kernels._fused_moe_gemm.device_caches.values():
-        out.extend(cache[0].values())
-    return out
-
-
-def _warp_specialized(kernels) -> bool:
-    return any("warp_specialize" in k.asm.get("ttgir", "") for k in kernels)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", default=DEFAULT_KEYS)
     parser.add_argument("--batch-sizes", default=DEFAULT_BATCHES)
-    parser.add_argument("--probe", choices=("tma", "down", "persistent", "warpspec"), default="tma")
+    parser.add_argument("--probe", choices=("tma", "down", "persistent"), default="tma")
     parser.add_argument("--configs", default="benchmarks/vllm-h200-configs", help="vLLM's files (--probe tma)")
     parser.add_argument("--own", default="benchmarks/tuned-h200-tma",
-                        help="moekernel's own files (--probe down, persistent, warpspec)")
+                        help="moekernel's own files (--probe down, persistent)")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true",
@@ -185,8 +148,6 @@ def main(argv=None) -> int:
                 variants.update(down_tiles(base))
             elif args.probe == "persistent":
                 variants.update(persistent_variants(base))
-            elif args.probe == "warpspec":
-                variants.update(warpspec_variants(base))
             else:
                 variants.update(tma_variants(dict(base)))
                 if M >= LARGE_M:
@@ -206,7 +167,6 @@ def main(argv=None) -> int:
             floor = floor_us(shape, M, expected_hit_experts(shape, M), ceilings)
             times: dict[str, list[float]] = {}
             errors: dict[str, str] = {}
-            specialized: set[str] = set()
             for draw in range(args.draws):
                 if draw:
                     inputs = redraw(inputs, shape, M, seed=M, draw=draw)
@@ -217,11 +177,7 @@ def main(argv=None) -> int:
                         continue
                     try:
                         run = make_runner(inputs, cfg)
-                        before = {id(k) for k in _compiled_gemms()} if backend == "cuda" else set()
                         out = run().clone()
-                        if backend == "cuda" and _warp_specialized(
-                                k for k in _compiled_gemms() if id(k) not in before):
-                            specialized.add(name)
                         if base_out is None:
                             base_out = out
                         elif (err := relative_error(out, base_out)) > 2e-2:
@@ -250,7 +206,7 @@ def main(argv=None) -> int:
             whole = {n: t for n, t in mean.items() if not n.startswith("base-")}
             best = min(whole, key=whole.get) if whole else None
             row = {"key": key, "M": M, "origin": origin, "floor_us": floor, "base_us": base_us, "mean_us": mean,
-                   "errors": errors, "best": best, "configs": variants, "warp_specialized": sorted(specialized)}
+                   "errors": errors, "best": best, "configs": variants}
             results.append(row)
             if base_us is None:
                 print(f"{key} M={M} base({origin}) failed: {errors}", flush=True)
@@ -261,8 +217,7 @@ def main(argv=None) -> int:
                 speed += f" | up {mean['base-up']:.1f} us, down {mean['base-down']:.1f} us, rest {rest:.1f} us"
             print(f"{key} M={M} base({origin}) {base_us:.1f} us frac {floor / base_us:.2f} | best {best} "
                   f"{mean[best]:.1f} us frac {floor / mean[best]:.2f} | {speed}"
-                  + (f" | ws={','.join(sorted(specialized))}" if specialized else "")
-                + (f" | errors {errors}" if errors else ""), flush=True)
+                  + (f" | errors {errors}" if errors else ""), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -20,10 +20,8 @@ PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_w
 #: 2 the activations too (from an expert-sorted copy: gathered before the up GEMM; for the down GEMM the up GEMM
 #: writes the intermediate in that order);
 #: PERSISTENT, how the down GEMM's programs map to tiles: 0 one program per output tile (the engines' kernel), 1 one
-#: program per SM walking the tiles of the row blocks in use, the next tile's loads overlapping this one's epilogue;
-#: WARP_SPEC, whether Triton warp-specializes the K loop: 1 a producer warp group issues the loads while consumer
-#: warp groups (num_warps each) compute, 0 every warp does both (the engines' kernel).
-EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0, "PERSISTENT": 0, "WARP_SPEC": 0}
+#: program per SM walking the tiles of the row blocks in use, the next tile's loads overlapping this one's epilogue.
+EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0, "PERSISTENT": 0}
 #: The TMA values, by name.
 TMA_OFF, TMA_WEIGHTS, TMA_BOTH = 0, 1, 2
 #: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
@@ -74,7 +72,6 @@ RULES: dict[str, Rule] = {
     "TMA": Rule(0, choices=(TMA_OFF, TMA_WEIGHTS, TMA_BOTH),
                 why="0: pointer loads, 1: weights by TMA, 2: weights and activations by TMA"),
     "PERSISTENT": Rule(0, choices=(0, 1), why="0: a program per tile, 1: a program per SM over the tiles"),
-    "WARP_SPEC": Rule(0, choices=(0, 1), why="0: every warp loads and computes, 1: a producer warp group loads"),
 }
 
 #: The up GEMM's tile holds the gate and the up halves of w1, BLOCK_SIZE_N // 2 rows each, each a dot of its own.

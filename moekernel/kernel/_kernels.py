@@ -53,7 +53,6 @@ def _fused_moe_gemm(
     B_TMA: tl.constexpr,  # weight tiles through b_desc ([experts x b_rows_per_expert, K])
     C_SORTED: tl.constexpr,  # write c's rows at their slots of sorted_token_ids (padding slots get zeros)
     PERSISTENT: tl.constexpr,  # num_programs programs walk the tiles in use (else one program per tile)
-    WARP_SPEC: tl.constexpr,  # warp-specialize the K loop (a producer warp group loads, the others compute)
 ):
     num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
     num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
@@ -68,9 +67,8 @@ def _fused_moe_gemm(
         pid_k = tl.program_id(1)
         k_first = pid_k * num_k_steps // SPLIT_K
         k_last = (pid_k + 1) * num_k_steps // SPLIT_K
-        if not WARP_SPEC:  # (warp-specialized, such a program runs no K step and adds nothing: see below)
-            if k_first >= k_last:
-                return  # more splits than K steps: nothing to add
+        if k_first >= k_last:
+            return  # more splits than K steps: nothing to add
     if PERSISTENT:
         # Only the row blocks in use, whose experts are all local (the alignment places no other): no tile is
         # skipped, and the flattened loop lets the next tile's first loads overlap this tile's epilogue.
@@ -79,34 +77,26 @@ def _fused_moe_gemm(
             pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_SIZE_M)
             expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
             _gemm_tile(
-                pid_m, pid_n, expert, k_first < k_last, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr,
+                pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr,
                 b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens,
                 b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
                 stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N,
                 BLOCK_SIZE_K, A_ROW_DIV, FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N,
-                GROUP_K, INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED, WARP_SPEC)
+                GROUP_K, INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(EM, BLOCK_SIZE_M), num_pid_n, GROUP_SIZE_M)
+        if pid_m * BLOCK_SIZE_M >= num_tokens_post_padded:
+            return
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        live = True
-        if WARP_SPEC:
-            # Triton's warp specialization cannot partition a kernel with early returns (their branches), so a
-            # program without a tile in use runs no K step and stores nothing instead.
-            live = (pid_m * BLOCK_SIZE_M < num_tokens_post_padded) & (expert >= 0) & (k_first < k_last)
-            expert = tl.where(live, expert, 0)
-            k_last = tl.where(live, k_last, k_first)
-        else:
-            if pid_m * BLOCK_SIZE_M >= num_tokens_post_padded:
-                return
-            if expert < 0:
-                return
+        if expert < 0:
+            return
         _gemm_tile(
-            pid_m, pid_n, expert, live, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr,
+            pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr,
             topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens, b_rows_per_expert,
             stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn, stride_asm, stride_ask,
             stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, A_ROW_DIV,
             FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K, INT_ACC, DOT_FP32, EVEN_K,
-            SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED, WARP_SPEC)
+            SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
 
 
 @triton.jit
@@ -121,7 +111,7 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_SIZE_M: tl.constexpr):
 
 @triton.jit
 def _gemm_tile(
-    pid_m, pid_n, expert, live, k_first, k_last,
+    pid_m, pid_n, expert, k_first, k_last,
     a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr,
     amax_ptr, N, K, EM, num_valid_tokens, b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
     stride_cm, stride_cn, stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
@@ -129,14 +119,13 @@ def _gemm_tile(
     FUSE_SILU_MUL: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr, OUT_AMAX: tl.constexpr, QUANT: tl.constexpr,
     GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, INT_ACC: tl.constexpr, DOT_FP32: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, A_TMA: tl.constexpr, A_SORTED: tl.constexpr, B_TMA: tl.constexpr,
-    C_SORTED: tl.constexpr, WARP_SPEC: tl.constexpr,
+    C_SORTED: tl.constexpr,
 ):
     """One output tile of _fused_moe_gemm (whose arguments these are): rows pid_m * BLOCK_SIZE_M.. of the sorted ids
-    (all of one expert), columns pid_n * BLOCK_SIZE_N.., K steps k_first..k_last - 1; nothing is stored unless
-    ``live``."""
+    (all of one expert), columns pid_n * BLOCK_SIZE_N.., K steps k_first..k_last - 1."""
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
     offs_token = tl.load(sorted_token_ids_ptr + offs_m).to(tl.int64)
-    token_mask = (offs_token < num_valid_tokens) & live
+    token_mask = offs_token < num_valid_tokens
     if A_SORTED:
         a_rows = offs_m.to(tl.int64)
     else:
@@ -174,7 +163,7 @@ def _gemm_tile(
         if FUSE_SILU_MUL:
             b2_s_ptrs = b_scale_ptr + expert * stride_bse + ((offs_bn + N) // GROUP_N) * stride_bsn
 
-    for k in tl.range(k_first, k_last, warp_specialize=WARP_SPEC):
+    for k in range(k_first, k_last):
         k_left = K - k * BLOCK_SIZE_K
         if A_TMA:
             a = a_desc.load([a_row0, k * BLOCK_SIZE_K])  # padding rows hold zeros; past K reads zeros
@@ -258,7 +247,7 @@ def _gemm_tile(
         # Every slot of the block is written, padding slots with the zeros their zero A rows give, so the next
         # GEMM can load whole blocks by TMA.
         c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
-        c_mask = (offs_n[None, :] < N) & (offs_m[:, None] < EM) & live
+        c_mask = (offs_n[None, :] < N) & (offs_m[:, None] < EM)
     else:
         c_ptrs = c_ptr + offs_token[:, None] * stride_cm + offs_n[None, :] * stride_cn
         c_mask = token_mask[:, None] & (offs_n[None, :] < N)

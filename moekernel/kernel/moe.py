@@ -238,7 +238,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
         QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, SPLIT_K=split_k, A_TMA=a_tma, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted,
-        PERSISTENT=bool(cfg["PERSISTENT"]), WARP_SPEC=bool(cfg["WARP_SPEC"]),
+        PERSISTENT=bool(cfg["PERSISTENT"]),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:
