@@ -49,10 +49,6 @@ for stage in "$@"; do
     # Persistent GEMMs (and the order they walk the tiles in), on top of moekernel's own tuned files.
     persistent-probe) run persistent-probe python3 benchmarks/tma_probe.py --probe persistent ${KEYS:+--keys "$KEYS"} \
              --batch-sizes "${BATCHES:-1,64,256,512,1024,2048,4096}" --json "$WORK/persistent-probe.json" ;;
-    # The activations quantized in the GEMMs' loads (FUSED_QUANT), on top of moekernel's own tuned files (OWN).
-    fq-probe) run fq-probe python3 benchmarks/tma_probe.py --probe fused-quant --own "${OWN:-benchmarks/tuned-h200-persistent}" \
-             --keys "${KEYS:-E8-N7168-K4096-top2-fp8_w8a8}" --batch-sizes "${BATCHES:-1,2,8,32,64,128,256,512,1024,2048,4096}" \
-             --draws 3 --json "$WORK/fq-probe.json" ;;
     # Where a call's time goes: the base configs' up and down GEMMs alone, and the rest (alignment, sum, quantization).
     breakdown) run breakdown python3 benchmarks/tma_probe.py --breakdown --skip-variants --batch-sizes "${BATCHES:-1,64,512,1024,4096}" \
              --json "$WORK/breakdown.json" ;;

@@ -13,9 +13,6 @@ alignment feeds both): do the GEMMs want configs of their own?
 ``--probe persistent``: the same base, with persistent GEMMs (PERSISTENT=1) on both, on the up or the down GEMM
 alone, and on both with other GROUP_SIZE_M (the order the programs walk the tiles).
 
-``--probe fused-quant`` (per-tensor w8a8 keys): the same base, with the activations quantized in the GEMMs' loads
-(FUSED_QUANT=1) on the up GEMM, the down GEMM or both, instead of by launches of their own.
-
 Every variant's output is checked against the base's. Times: CUDA-graph medians, the variants taking turns
 (moekernel.kernel.timing.time_interleaved), averaged over ``--draws`` routing draws; the table gives each variant's
 speed-up over the base (>1: faster) and the floor fraction of the base and of the best variant (roofline against
@@ -24,8 +21,6 @@ KNOWN_CEILINGS["NVIDIA_H200"]).
     python benchmarks/tma_probe.py --keys E8-N7168-K4096-top2-bf16 --batch-sizes 1,64,512,4096 [--json out.json]
     python benchmarks/tma_probe.py --probe down --own benchmarks/tuned-h200-tma
     python benchmarks/tma_probe.py --probe persistent --own benchmarks/tuned-h200-tma
-    python benchmarks/tma_probe.py --probe fused-quant --keys E8-N7168-K4096-top2-fp8_w8a8 \
-        --own benchmarks/tuned-h200-persistent
 """
 
 from __future__ import annotations
@@ -97,23 +92,14 @@ def persistent_variants(base: dict) -> dict[str, dict]:
     return out
 
 
-def fused_quant_variants(base: dict) -> dict[str, dict]:
-    """The base ({"up": .., "down": ..}) with the activations quantized in the up GEMM's loads, the down GEMM's, or
-    both."""
-    up, down = base["up"], base["down"]
-    return {"fq-up": {"up": dict(up, FUSED_QUANT=1), "down": down},
-            "fq-down": {"up": up, "down": dict(down, FUSED_QUANT=1)},
-            "fq": {"up": dict(up, FUSED_QUANT=1), "down": dict(down, FUSED_QUANT=1)}}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", default=DEFAULT_KEYS)
     parser.add_argument("--batch-sizes", default=DEFAULT_BATCHES)
-    parser.add_argument("--probe", choices=("tma", "down", "persistent", "fused-quant"), default="tma")
+    parser.add_argument("--probe", choices=("tma", "down", "persistent"), default="tma")
     parser.add_argument("--configs", default="benchmarks/vllm-h200-configs", help="vLLM's files (--probe tma)")
     parser.add_argument("--own", default="benchmarks/tuned-h200-tma",
-                        help="moekernel's own files (--probe down, persistent, fused-quant)")
+                        help="moekernel's own files (--probe down, persistent)")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true",
@@ -162,8 +148,6 @@ def main(argv=None) -> int:
                 variants.update(down_tiles(base))
             elif args.probe == "persistent":
                 variants.update(persistent_variants(base))
-            elif args.probe == "fused-quant":
-                variants.update(fused_quant_variants(base))
             else:
                 variants.update(tma_variants(dict(base)))
                 if M >= LARGE_M:

@@ -20,10 +20,8 @@ PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_w
 #: 2 the activations too (from an expert-sorted copy: gathered before the up GEMM; for the down GEMM the up GEMM
 #: writes the intermediate in that order);
 #: PERSISTENT, how the down GEMM's programs map to tiles: 0 one program per output tile (the engines' kernel), 1 one
-#: program per SM walking the tiles of the row blocks in use, the next tile's loads overlapping this one's epilogue;
-#: FUSED_QUANT, where per-tensor w8a8 activations are quantized: 0 by launches of their own before the GEMM (the
-#: engines' kernel), 1 by the GEMM itself, tile by tile as it loads them (the launches and the quantized copy go).
-EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0, "PERSISTENT": 0, "FUSED_QUANT": 0}
+#: program per SM walking the tiles of the row blocks in use, the next tile's loads overlapping this one's epilogue.
+EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0, "PERSISTENT": 0}
 #: The TMA values, by name.
 TMA_OFF, TMA_WEIGHTS, TMA_BOTH = 0, 1, 2
 #: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
@@ -74,7 +72,6 @@ RULES: dict[str, Rule] = {
     "TMA": Rule(0, choices=(TMA_OFF, TMA_WEIGHTS, TMA_BOTH),
                 why="0: pointer loads, 1: weights by TMA, 2: weights and activations by TMA"),
     "PERSISTENT": Rule(0, choices=(0, 1), why="0: a program per tile, 1: a program per SM over the tiles"),
-    "FUSED_QUANT": Rule(0, choices=(0, 1), why="0: activations quantized before the GEMM, 1: in its loads"),
 }
 
 #: The up GEMM's tile holds the gate and the up halves of w1, BLOCK_SIZE_N // 2 rows each, each a dot of its own.
@@ -119,16 +116,6 @@ def tma_problem(tma: int, gemm: str, N: int, K: int, act_bytes: int, weight_byte
             if lengths[side] * size % 16:
                 return (f"TMA={tma}: the {side} GEMM's {what} rows are {lengths[side]} x {size} bytes, not a "
                         "multiple of 16 (a TMA descriptor needs that)")
-    return None
-
-
-def fused_quant_problem(fused_quant: int, gemm: str, per_tensor_w8a8: bool) -> str | None:
-    """Why a config driving ``gemm`` cannot quantize its activations in the GEMM's loads, or None. Only one scale
-    for the whole tensor can be applied tile by tile: per-token and block-wise scales need each row's or group's
-    maximum first."""
-    if fused_quant and not per_tensor_w8a8:
-        return (f"FUSED_QUANT={fused_quant} ({gemm}): only per-tensor w8a8 activations (fp8_w8a8 or int8_w8a8, no "
-                "block_shape, no per_channel) can be quantized in the GEMM's loads; use FUSED_QUANT=0")
     return None
 
 

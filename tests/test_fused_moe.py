@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import moekernel
-from moekernel.dtypes import QuantMode
 from moekernel.kernel.moe import make_runner, normalize_config
 from moekernel.kernel.reference import fused_experts_ref, relative_error
 from moekernel.shapes import KernelShape
@@ -449,65 +448,6 @@ def test_persistent_goes_to_the_down_gemm():
     assert (up["PERSISTENT"], down["PERSISTENT"]) == (0, 1)
 
 
-# ---- activations quantized in the GEMMs' loads ----------------------------------------------------------------
-
-PER_TENSOR_SHAPES = [DTYPE_SHAPES[2], DTYPE_SHAPES[6], KernelShape(4, 40, 72, 2, "fp8_w8a8")]  # 72: K steps not even
-
-
-def check_fused_quant(inputs, fused, bound):
-    """The call with ``fused`` (a config quantizing activations in a GEMM's loads) against the same config with its
-    own quantization launches: the same scales and rounding, so the same output (bit for bit in the interpreter)."""
-    _, out = check_split(inputs, fused, bound, again=True)
-    unfused = ({g: dict(c, FUSED_QUANT=0) for g, c in fused.items()} if "up" in fused
-               else dict(fused, FUSED_QUANT=0))
-    expected = make_runner(inputs, unfused)()
-    if _CPU:
-        assert torch.equal(out, expected)
-    else:  # the MMA may take its A operand from registers instead of shared memory: another summation order
-        assert relative_error(out, expected) < 1e-2
-    return out
-
-
-@pytest.mark.parametrize("fused", [
-    dict(SPLIT, FUSED_QUANT=1),
-    {"up": dict(SPLIT, FUSED_QUANT=1), "down": SPLIT},
-    {"up": dict(SPLIT, TMA=2), "down": dict(SPLIT, FUSED_QUANT=1, TMA=2, SPLIT_K=2)},
-    dict(SPLIT, FUSED_QUANT=1, PERSISTENT=1),
-], ids=["both", "up-only", "down-only-tma-split-k", "persistent"])
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-@pytest.mark.parametrize("shape", PER_TENSOR_SHAPES, ids=lambda s: s.key)
-def test_fused_quant_matches_the_separate_launches(shape, static, fused, device):
-    if "up" in fused and fused["up"].get("TMA") and shape.K % 16:
-        pytest.skip("TMA needs 16-byte weight rows")
-    inputs = make_inputs(shape, 13, device=device, seed=5)
-    if static:
-        static_scales(inputs)
-    check_fused_quant(inputs, fused, BOUND[shape.dtype])
-
-
-@pytest.mark.parametrize("M", [1, 37])
-def test_fused_quant_with_expert_parallel(M, device):
-    # 6 global experts, this rank holds 0, 2, 4 and 5: the running max covers only the rows this rank computes.
-    inputs = make_inputs(KernelShape(4, 128, 64, 2, "fp8_w8a8"), M, device=device, seed=M)
-    inputs.expert_map = torch.tensor([0, -1, 1, -1, 2, 3], dtype=torch.int32, device=device)
-    gen = torch.Generator().manual_seed(3)
-    inputs.topk_ids = torch.randint(0, 6, (M, 2), dtype=torch.int32, generator=gen).to(device)
-    check_fused_quant(inputs, dict(SPLIT, FUSED_QUANT=1), BOUND["fp8_w8a8"])
-
-
-@pytest.mark.parametrize("shape", [s for s in DTYPE_SHAPES if s.quant_mode != QuantMode.PER_TENSOR],
-                         ids=lambda s: s.key)
-def test_fused_quant_is_refused_where_scales_are_not_per_tensor(shape):
-    inputs = make_inputs(shape, 4)
-    with pytest.raises(ValueError, match=r"FUSED_QUANT=1 \(down\): only per-tensor w8a8"):
-        make_runner(inputs, {"up": SMALL, "down": dict(SMALL, FUSED_QUANT=1)})
-
-
-def test_bad_fused_quant_is_named():
-    with pytest.raises(ValueError, match="FUSED_QUANT=2: must be one of 0, 1"):
-        normalize_config(dict(SMALL, FUSED_QUANT=2))
-
-
 # ---- GPU only ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.cuda
@@ -522,13 +462,10 @@ def test_gpu_realistic_shapes(dtype, extra, M):
     bound = 1e-2 if dtype in ("bf16", "fp16") else 3e-2
     small_m = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
     large_m = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8, num_stages=3)
-    fused = [] if shape.quant_mode != QuantMode.PER_TENSOR else [
-        dict(small_m, FUSED_QUANT=1), dict(large_m, FUSED_QUANT=1), dict(large_m, FUSED_QUANT=1, TMA=2),
-        dict(small_m, FUSED_QUANT=1, PERSISTENT=1, SPLIT_K=2)]
     for cfg in (small_m, dict(small_m, SPLIT_K=2), dict(small_m, SPLIT_K=4), large_m, dict(small_m, TMA=1),
                 dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2), dict(small_m, PERSISTENT=1),
                 dict(small_m, PERSISTENT=1, SPLIT_K=2), dict(large_m, PERSISTENT=1, TMA=2),
-                {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}, *fused):
+                {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}):
         inputs = make_inputs(shape, M, device="cuda", seed=M)
         out = run_poisoned(inputs, cfg)
         err = relative_error(out, fused_experts_ref(**inputs.kwargs()))
@@ -536,14 +473,13 @@ def test_gpu_realistic_shapes(dtype, extra, M):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k,tma,persistent,fused_quant", [
-    (1, 0, 0, 0), (2, 0, 0, 0), (1, 2, 0, 0), (1, 0, 1, 0), (2, 2, 1, 0), (1, 0, 0, 1), (1, 2, 0, 1)])
-def test_gpu_cuda_graph_replay_matches_eager(split_k, tma, persistent, fused_quant):
+@pytest.mark.parametrize("split_k,tma,persistent", [(1, 0, 0), (2, 0, 0), (1, 2, 0), (1, 0, 1), (2, 2, 1)])
+def test_gpu_cuda_graph_replay_matches_eager(split_k, tma, persistent):
     # Two partials added to zero give the same sum in either order, so SPLIT_K=2 is bit-exact too (4 need not be).
-    shape = KernelShape(8, 256, 512, 2, "fp8_w8a8" if fused_quant else "bf16")
+    shape = KernelShape(8, 256, 512, 2, "bf16")
     inputs = make_inputs(shape, 33, device="cuda")
     call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k, TMA=tma,
-                                    PERSISTENT=persistent, FUSED_QUANT=fused_quant))
+                                    PERSISTENT=persistent))
     eager = call().clone()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -561,18 +497,15 @@ def _compiled_binaries(fn) -> int:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k,tma,persistent,fused_quant", [
-    (1, 0, 0, 0), (2, 0, 0, 0), (1, 2, 0, 0), (1, 2, 1, 0), (1, 0, 0, 1), (2, 2, 1, 1)])
+@pytest.mark.parametrize("split_k,tma,persistent", [(1, 0, 0), (2, 0, 0), (1, 2, 0), (1, 2, 1)])
 @pytest.mark.parametrize("extra", [{"block_shape": (128, 128)}, {}, None], ids=["block", "per-tensor", "bf16"])
-def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma, persistent, fused_quant):
-    if fused_quant and extra != {}:
-        pytest.skip("FUSED_QUANT is for per-tensor scales")
+def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma, persistent):
     from moekernel.kernel import _kernels
     from moekernel.kernel.moe import compile_config
 
     shape = KernelShape(8, 256, 512, 2, "bf16") if extra is None else KernelShape(8, 256, 512, 2, "fp8_w8a8", **extra)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3,
-               SPLIT_K=split_k, TMA=tma, PERSISTENT=persistent, FUSED_QUANT=fused_quant)
+               SPLIT_K=split_k, TMA=tma, PERSISTENT=persistent)
     compile_config(shape, 77, cfg)
     kernels = (_kernels._fused_moe_gemm, _kernels._moe_sum, _kernels._gather_sorted_rows)
     before = [_compiled_binaries(k) for k in kernels]

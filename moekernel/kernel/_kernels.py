@@ -27,12 +27,6 @@ PER_TENSOR: tl.constexpr = tl.constexpr(int(QuantMode.PER_TENSOR))
 PER_CHANNEL: tl.constexpr = tl.constexpr(int(QuantMode.PER_CHANNEL))
 BLOCK: tl.constexpr = tl.constexpr(int(QuantMode.BLOCK))
 WEIGHT_ONLY: tl.constexpr = tl.constexpr(int(QuantMode.WEIGHT_ONLY))
-# How a per-tensor w8a8 GEMM's A operand arrives (its constexpr QUANT_A): quantized already, or in the hidden dtype,
-# quantized tile by tile as it loads with the scale at a_scale_ptr (static), or with max|A| / QMAX from the running
-# max at a_scale_ptr (dynamic: gathered by an earlier launch).
-QUANT_A_OFF: tl.constexpr = tl.constexpr(0)
-QUANT_A_STATIC: tl.constexpr = tl.constexpr(1)
-QUANT_A_FROM_MAX: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit(do_not_specialize=["EM", "num_valid_tokens", "num_programs"])
@@ -51,7 +45,6 @@ def _fused_moe_gemm(
     OUT_AMAX: tl.constexpr,  # fold max|c| into amax_ptr: the next GEMM's dynamic per-tensor scale, without a pass
     QUANT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
     INT_ACC: tl.constexpr,  # int8 x int8 accumulates in int32
-    QUANT_A: tl.constexpr, QMAX: tl.constexpr,  # A quantized in the load (QUANT_A_*), to +-QMAX
     DOT_FP32: tl.constexpr,  # interpreter: the CPU's dot on 16-bit floats is unreliable, so upcast
     EVEN_K: tl.constexpr,
     SPLIT_K: tl.constexpr,  # programs per output tile along grid axis 1; > 1 needs a zeroed float32 c
@@ -89,7 +82,7 @@ def _fused_moe_gemm(
                 b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
                 stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N,
                 BLOCK_SIZE_K, A_ROW_DIV, FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N,
-                GROUP_K, INT_ACC, QUANT_A, QMAX, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+                GROUP_K, INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(EM, BLOCK_SIZE_M), num_pid_n, GROUP_SIZE_M)
         if pid_m * BLOCK_SIZE_M >= num_tokens_post_padded:
@@ -102,8 +95,8 @@ def _fused_moe_gemm(
             topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens, b_rows_per_expert,
             stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn, stride_asm, stride_ask,
             stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, A_ROW_DIV,
-            FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K, INT_ACC, QUANT_A, QMAX, DOT_FP32,
-            EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+            FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K, INT_ACC, DOT_FP32, EVEN_K,
+            SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
 
 
 @triton.jit
@@ -124,8 +117,8 @@ def _gemm_tile(
     stride_cm, stride_cn, stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, A_ROW_DIV: tl.constexpr,
     FUSE_SILU_MUL: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr, OUT_AMAX: tl.constexpr, QUANT: tl.constexpr,
-    GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, INT_ACC: tl.constexpr, QUANT_A: tl.constexpr,
-    QMAX: tl.constexpr, DOT_FP32: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, A_TMA: tl.constexpr, A_SORTED: tl.constexpr, B_TMA: tl.constexpr,
+    GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, INT_ACC: tl.constexpr, DOT_FP32: tl.constexpr,
+    EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, A_TMA: tl.constexpr, A_SORTED: tl.constexpr, B_TMA: tl.constexpr,
     C_SORTED: tl.constexpr,
 ):
     """One output tile of _fused_moe_gemm (whose arguments these are): rows pid_m * BLOCK_SIZE_M.. of the sorted ids
@@ -154,11 +147,6 @@ def _gemm_tile(
     a_ptrs += k_first * BLOCK_SIZE_K * stride_ak
     b_ptrs += k_first * BLOCK_SIZE_K * stride_bk
 
-    if QUANT_A == QUANT_A_STATIC:
-        a_scale = tl.load(a_scale_ptr)
-    elif QUANT_A == QUANT_A_FROM_MAX:
-        a_scale = tl.maximum(tl.load(a_scale_ptr) / QMAX, 1e-10)  # as quantize_per_tensor derives it
-
     if INT_ACC and not DOT_FP32:
         acc_dtype = tl.int32
     else:
@@ -183,8 +171,6 @@ def _gemm_tile(
             a = tl.load(a_ptrs, mask=token_mask[:, None], other=0.0)
         else:
             a = tl.load(a_ptrs, mask=token_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        if QUANT_A:
-            a = _quantize(a, a_scale, QMAX, INT_ACC, DOT_FP32, b_ptr.dtype.element_ty)
         if B_TMA:
             b = b_desc.load([b_row0, k * BLOCK_SIZE_K]).T
             if FUSE_SILU_MUL:
@@ -237,9 +223,7 @@ def _gemm_tile(
         if FUSE_SILU_MUL:
             out2 = acc2.to(tl.float32)
     if QUANT == PER_TENSOR:
-        if not QUANT_A:
-            a_scale = tl.load(a_scale_ptr)
-        scale = a_scale * tl.load(b_scale_ptr + expert * stride_bse)
+        scale = tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
         out = out * scale
         if FUSE_SILU_MUL:
             out2 = out2 * scale
@@ -502,34 +486,7 @@ def _quant_per_tensor(
             tl.store(scale_ptr, scale)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    y = _quantize(tl.load(x_ptr + offs, mask=mask, other=0.0), scale, QMAX, IS_INT, False, q_ptr.dtype.element_ty)
-    tl.store(q_ptr + offs, y, mask=mask)
-
-
-@triton.jit
-def _quantize(x, scale, QMAX: tl.constexpr, IS_INT: tl.constexpr, GRID_ONLY: tl.constexpr, dtype: tl.constexpr):
-    """x / scale in the quantized ``dtype``: clamped to +-QMAX, int8 rounded half away from zero, fp8 to nearest
-    (even). With GRID_ONLY (the interpreter, whose float-to-fp8 conversion does not round to nearest) fp8 values
-    stay float32, rounded onto the e4m3 grid here."""
-    y = tl.clamp(x.to(tl.float32) / scale, -QMAX, QMAX)
+    y = tl.clamp(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) / scale, -QMAX, QMAX)
     if IS_INT:
-        y = tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5))
-    elif GRID_ONLY:
-        return _round_to_e4m3(y)
-    return y.to(dtype)
-
-
-@triton.jit
-def _round_to_e4m3(y):
-    """float32 y (|y| <= 448) rounded to the nearest float8 e4m3 value, ties to even: 3 mantissa bits, and below
-    the smallest normal (2**-6) the subnormals' fixed step of 2**-9."""
-    mag = tl.maximum(tl.abs(y), 0.015625)
-    e = tl.floor(tl.log2(mag))
-    e = tl.where(tl.exp2(e) > mag, e - 1, e)  # log2 can round up just below a power of two
-    e = tl.where(tl.exp2(e + 1) <= mag, e + 1, e)
-    step = tl.exp2(e - 3)
-    t = y / step
-    r = tl.floor(t + 0.5)
-    odd = (r - 2 * tl.floor(r * 0.5)) != 0
-    r = tl.where(((r - t) == 0.5) & odd, r - 1, r)
-    return r * step
+        y = tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5))  # round half away from zero
+    tl.store(q_ptr + offs, y.to(q_ptr.dtype.element_ty), mask=mask)

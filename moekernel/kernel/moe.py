@@ -31,8 +31,7 @@ from .. import launch_params
 from ..heuristics import default_config, is_split, up_down
 from ..launch_params import EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_OFF
 from . import _kernels
-from .quant import (expected_scale_shape, gather_amax, qmax, quantize_activations, quantize_per_tensor,
-                    scale_strides, storage_dtype)
+from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
 from .routing import align_buffers, fused_topk, launch_align, warmup_args
 
 _OVERRIDES: list = []
@@ -113,8 +112,6 @@ class _Spec:
         self.scales = (w1_scale, w2_scale, a1_scale, a2_scale)
         self.mode = self._mode(w1, w2)
         self.int_acc = quant_dtype is not None and dtype_info(quant_dtype).int_accumulate
-        # The quantized activations' range (+-qmax), for a GEMM that quantizes them in its loads.
-        self.qmax = qmax(storage_dtype(quant_dtype)) if quant_dtype is not None else 0.0
         if self.mode in (QuantMode.PER_CHANNEL, QuantMode.BLOCK) and (a1_scale is not None or
                                                                        a2_scale is not None):
             raise ValueError("a1_scale/a2_scale are static per-tensor scales; per-channel and block-wise modes "
@@ -212,7 +209,7 @@ def _weight_rows(b: torch.Tensor) -> torch.Tensor:
 
 
 def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, interpret,
-                 out_amax=False, a_sorted=False, c_sorted=False, quant_a=_kernels.QUANT_A_OFF.value, warmup=False):
+                 out_amax=False, a_sorted=False, c_sorted=False, warmup=False):
     bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if up:
         bn //= 2  # the tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each
@@ -239,8 +236,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
     meta = dict(
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
-        QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, QUANT_A=quant_a,
-        QMAX=spec.qmax if quant_a else 0.0, DOT_FP32=interpret,
+        QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, SPLIT_K=split_k, A_TMA=a_tma, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted,
         PERSISTENT=bool(cfg["PERSISTENT"]),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
@@ -294,11 +290,6 @@ class _Call:
             config = _OVERRIDES[-1] if _OVERRIDES else get_config(
                 self.spec.M, self.spec.E, self.spec.N, self.spec.K, self.spec.topk, quant_dtype, block_shape)
         self.up_cfg, self.down_cfg = normalize_config(config)
-        for gemm, cfg in (("up", self.up_cfg), ("down", self.down_cfg)):
-            refused = launch_params.fused_quant_problem(cfg["FUSED_QUANT"], gemm,
-                                                        self.spec.mode == QuantMode.PER_TENSOR)
-            if refused:
-                raise ValueError(refused)
         self.x, self.w1, self.w2 = hidden_states, w1, w2
         self.topk_weights = topk_weights if topk_weights.is_contiguous() else topk_weights.contiguous()
         # The alignment and sum kernels index ids and the map as flat arrays.
@@ -318,48 +309,34 @@ class _Call:
         """The down GEMM's activation scale comes from the max the up GEMM gathers."""
         return self.spec.mode == QuantMode.PER_TENSOR and self.spec.scales[3] is None
 
-    def _quantized(self, x, scale, warmup, slot, fused):
-        """A GEMM's A operand, its scale tensor and how the GEMM is to quantize it (a QUANT_A value): quantized here
-        by launches of its own, or (``fused``, per-tensor only) left in the hidden dtype for the GEMM's loads, with
-        the static scale or the running max (``slot`` 0 of x, gathered here; 1 of the intermediate, gathered by the
-        up GEMM)."""
+    def _quantized(self, x, scale, warmup, slot):
         if self.spec.mode in (QuantMode.NONE, QuantMode.WEIGHT_ONLY):
-            return x, None, _kernels.QUANT_A_OFF.value
+            return x, None
         # For a warmup (shape-only 'meta' tensors) the torch path gives the dtypes, shapes and strides the
         # compile needs without launching anything.
         torch_path = self.interpret or warmup
         if self.spec.mode == QuantMode.PER_TENSOR:
-            amax = self.ws.amax_slot(slot)
-            if fused and scale is not None:
-                return x, scale.float().reshape(1), _kernels.QUANT_A_STATIC.value
-            if fused:
-                if slot == 0 and not warmup:
-                    gather_amax(x, amax, interpret=self.interpret)
-                return x, amax, _kernels.QUANT_A_FROM_MAX.value
-            q, s = quantize_per_tensor(x, self.spec.quant_dtype, scale=scale, amax=amax, amax_ready=slot == 1,
-                                       interpret=torch_path)
-            return q, s, _kernels.QUANT_A_OFF.value
-        return *self.spec.activation_quant(x, torch_path), _kernels.QUANT_A_OFF.value
+            return quantize_per_tensor(x, self.spec.quant_dtype, scale=scale, amax=self.ws.amax_slot(slot),
+                                       amax_ready=slot == 1, interpret=torch_path)
+        return self.spec.activation_quant(x, torch_path)
 
     def up(self, warmup=False):
         spec, ws = self.spec, self.ws
-        a, a_scale, quant_a = self._quantized(self.x, spec.scales[2], warmup, slot=0,
-                                              fused=self.up_cfg["FUSED_QUANT"])
+        a, a_scale = self._quantized(self.x, spec.scales[2], warmup, slot=0)
         if self.up_cfg["TMA"] == TMA_BOTH:
             a = _gather_sorted(ws, a, spec.topk, warmup)  # the scales stay per token row
         _launch_gemm(spec, ws, self.up_cfg, a, self.w1, ws.inter, a_scale, spec.scales[0], self.topk_weights,
                      n_out=spec.N, k_in=spec.K, up=True, interpret=self.interpret, out_amax=self._dynamic_a2,
-                     c_sorted=ws.sorted_inter, quant_a=quant_a, warmup=warmup)
+                     c_sorted=ws.sorted_inter, warmup=warmup)
 
     def down(self, warmup=False):
         spec, ws = self.spec, self.ws
-        a, a_scale, quant_a = self._quantized(ws.inter, spec.scales[3], warmup, slot=1 if self._dynamic_a2 else 0,
-                                              fused=self.down_cfg["FUSED_QUANT"])
+        a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup, slot=1 if self._dynamic_a2 else 0)
         if ws.split_k > 1 and not warmup:
             ws.down_out.zero_()  # one fill launch, captured in a CUDA graph like the kernels
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
                      n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, a_sorted=ws.sorted_inter,
-                     quant_a=quant_a, warmup=warmup)
+                     warmup=warmup)
 
     def reduce(self, warmup=False):
         spec, ws = self.spec, self.ws
@@ -470,12 +447,10 @@ def smem_bytes(shape, config, gemm: str = "both") -> int:
     prunes 27% of the engines' space on Hopper, the share that fails there. Deliberately not conservative:
     a candidate that still does not fit is recorded as out_of_resources, while one pruned wrongly would be lost.
     """
-    b_bytes = shape.info.weight_bytes
+    a_bytes, b_bytes = shape.info.act_bytes, shape.info.weight_bytes
 
     def need(cfg):
         bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
-        # A GEMM that quantizes its activations loads them in the hidden dtype (2 bytes).
-        a_bytes = 2 if cfg["FUSED_QUANT"] else shape.info.act_bytes
         return (cfg["num_stages"] - 1) * (bm * bk * a_bytes + bk * bn * b_bytes) + bm * bn * 2
 
     if gemm == "down" and "down" not in config:

@@ -112,37 +112,20 @@ def quantize_per_tensor(x, quant_dtype, *, scale=None, amax=None, amax_ready=Fal
             scale = (peak / qmax(dtype)).clamp_min(1e-10)
         scale = scale.float().reshape(1)
         return _to_storage(x.float() / scale, dtype), scale
-    from ._kernels import _quant_per_tensor
+    from ._kernels import _amax, _quant_per_tensor
 
     static = scale is not None
     q = torch.empty(x.shape, dtype=dtype, device=x.device)
     s = scale.float().reshape(1) if static else torch.empty(1, dtype=torch.float32, device=x.device)
     if amax is None:
         amax = torch.zeros(1, dtype=torch.float32, device=x.device)
+    numel, block = x.numel(), 4096
+    grid = (max(1, triton.cdiv(numel, block)),)
     if not static and not amax_ready:
-        gather_amax(x, amax)
-    numel = x.numel()
-    _quant_per_tensor[_amax_grid(numel)](x, q, s, amax, numel, BLOCK=_AMAX_BLOCK, QMAX=qmax(dtype),
-                                         IS_INT=not dtype.is_floating_point, STATIC=static)
+        _amax[grid](x, amax, numel, BLOCK=block)
+    _quant_per_tensor[grid](x, q, s, amax, numel, BLOCK=block, QMAX=qmax(dtype), IS_INT=not dtype.is_floating_point,
+                            STATIC=static)
     return q, s
-
-
-_AMAX_BLOCK = 4096  # elements per program of the per-tensor passes
-
-
-def _amax_grid(numel: int) -> tuple[int]:
-    return (max(1, triton.cdiv(numel, _AMAX_BLOCK)),)
-
-
-def gather_amax(x: torch.Tensor, amax: torch.Tensor, *, interpret: bool = False) -> None:
-    """Fold max|x| into the one-element float32 ``amax`` (a running maximum: zero it first): one launch on the GPU,
-    for a per-tensor scale whose quantization happens elsewhere (quantize_per_tensor, or a GEMM's A load)."""
-    if interpret or not x.is_contiguous():
-        amax.copy_(torch.maximum(amax, x.abs().amax().float().reshape(amax.shape)))
-        return
-    from ._kernels import _amax
-
-    _amax[_amax_grid(x.numel())](x, amax, x.numel(), BLOCK=_AMAX_BLOCK)
 
 
 def _quantize_groups_torch(x, dtype, group, n_groups):
