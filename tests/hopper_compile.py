@@ -7,7 +7,7 @@ and how much shared memory.
 
     python tests/hopper_compile.py '[["E8-N7168-K4096-top2-bf16", {config}], ...]'
 
-prints one JSON object per case: {"ok": bool, "error": str, "binaries": [{"mma": 2 or 3, "shared": bytes}]}.
+prints a JSON list, one object per case: {"ok": bool, "error": str, "binaries": [{"mma": 2 or 3, "shared": bytes}]}.
 """
 
 import json
