@@ -305,8 +305,12 @@ def test_split_k_in_a_split_config_and_more_splits_than_k_steps(device):
     (dict(SMALL, SPLIT_K=0), "SPLIT_K=0: must be a power of two >= 1"),
     ({"up": SMALL, "down": dict(SMALL, SPLIT_K=2.0)}, "SPLIT_K=2.0: must be"),
     ({"up": dict(SMALL, SPLIT_K=2), "down": SMALL}, "SPLIT_K=2: must be one of 1 .it applies to the down GEMM only"),
+    (dict(SMALL, TMA=3), "TMA=3: must be one of 0, 1, 2"),
+    ({"up": SMALL, "down": dict(SMALL, TMA=-1)}, "TMA=-1: must be one of 0, 1, 2"),
+    (dict(SMALL, PERSISTENT=2), "PERSISTENT=2: must be one of 0, 1"),
+    ({"up": dict(SMALL, PERSISTENT=1), "down": SMALL}, "PERSISTENT=1: must be one of 0 .it applies to the down GEMM"),
 ])
-def test_bad_split_k_is_named(bad, match):
+def test_bad_own_parameter_is_named(bad, match):
     with pytest.raises(ValueError, match=match):
         normalize_config(bad)
 
@@ -394,15 +398,6 @@ def test_tma_refuses_rows_a_descriptor_cannot_hold(device):
     check(KernelShape(4, 40, 72, 2, "int8_w8a16"), 3, config=SMALL, device=device)  # TMA=0 runs it
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(SMALL, TMA=3), "TMA=3: must be one of 0, 1, 2"),
-    ({"up": SMALL, "down": dict(SMALL, TMA=-1)}, "TMA=-1: must be one of 0, 1, 2"),
-])
-def test_bad_tma_is_named(bad, match):
-    with pytest.raises(ValueError, match=match):
-        normalize_config(bad)
-
-
 # ---- persistent down GEMM ------------------------------------------------------------------------------------------
 # In the interpreter a persistent GEMM has 3 programs (moekernel.kernel.moe._INTERPRETER_PROGRAMS): each walks
 # several tiles, so a tile computed from the previous tile's state shows.
@@ -432,15 +427,6 @@ def test_persistent_with_other_own_parameters(shape, own, device):
 ])
 def test_persistent_edge_shapes(shape, M, device):
     check(shape, M, config=dict(SMALL, PERSISTENT=1), device=device)
-
-
-@pytest.mark.parametrize("bad,match", [
-    (dict(SMALL, PERSISTENT=2), "PERSISTENT=2: must be one of 0, 1"),
-    ({"up": dict(SMALL, PERSISTENT=1), "down": SMALL}, "PERSISTENT=1: must be one of 0 .it applies to the down GEMM"),
-])
-def test_bad_persistent_is_named(bad, match):
-    with pytest.raises(ValueError, match=match):
-        normalize_config(bad)
 
 
 def test_persistent_goes_to_the_down_gemm():
