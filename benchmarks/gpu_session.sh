@@ -49,6 +49,10 @@ for stage in "$@"; do
     # Persistent GEMMs (and the order they walk the tiles in), on top of moekernel's own tuned files.
     persistent-probe) run persistent-probe python3 benchmarks/tma_probe.py --probe persistent ${KEYS:+--keys "$KEYS"} \
              --batch-sizes "${BATCHES:-1,64,256,512,1024,2048,4096}" --json "$WORK/persistent-probe.json" ;;
+    # Half tiles for the row blocks that are half padding (HALF_TAIL), on top of moekernel's own tuned files.
+    tail-probe) run tail-probe python3 benchmarks/tma_probe.py --probe tail --own "${OWN:-benchmarks/tuned-h200-turns}" \
+             ${KEYS:+--keys "$KEYS"} --batch-sizes "${BATCHES:-64,128,256,512,1024,1536,2048,3072,4096}" --draws 3 \
+             --json "$WORK/tail-probe.json" ;;
     # Where a call's time goes: the base configs' up and down GEMMs alone, and the rest (alignment, sum, quantization).
     breakdown) run breakdown python3 benchmarks/tma_probe.py --breakdown --skip-variants --batch-sizes "${BATCHES:-1,64,512,1024,4096}" \
              --json "$WORK/breakdown.json" ;;

@@ -13,6 +13,10 @@ alignment feeds both): do the GEMMs want configs of their own?
 ``--probe persistent``: the same base, with persistent GEMMs (PERSISTENT=1) on both, on the up or the down GEMM
 alone, and on both with other GROUP_SIZE_M (the order the programs walk the tiles).
 
+``--probe tail``: the same base, with HALF_TAIL=1 (a row block half padding or more computes half its rows) on
+both GEMMs, on either alone, and on both with the other row-block size (64 or 128 rows, so that the half tiles are
+the other's full ones).
+
 Every variant's output is checked against the base's. Times: CUDA-graph medians, the variants taking turns
 (moekernel.kernel.timing.time_interleaved), averaged over ``--draws`` routing draws; the table gives each variant's
 speed-up over the base (>1: faster) and the floor fraction of the base and of the best variant (roofline against
@@ -21,6 +25,7 @@ KNOWN_CEILINGS["NVIDIA_H200"]).
     python benchmarks/tma_probe.py --keys E8-N7168-K4096-top2-bf16 --batch-sizes 1,64,512,4096 [--json out.json]
     python benchmarks/tma_probe.py --probe down --own benchmarks/tuned-h200-tma
     python benchmarks/tma_probe.py --probe persistent --own benchmarks/tuned-h200-tma
+    python benchmarks/tma_probe.py --probe tail --own benchmarks/tuned-h200-turns --batch-sizes 256,512,1024,4096
 """
 
 from __future__ import annotations
@@ -92,14 +97,30 @@ def persistent_variants(base: dict) -> dict[str, dict]:
     return out
 
 
+def tail_variants(base: dict) -> dict[str, dict]:
+    """The base ({"up": .., "down": ..}) with HALF_TAIL on both GEMMs, on either alone (a persistent down GEMM made
+    one program per tile: they exclude each other), and on both at the other of 64 and 128 rows per block (the
+    alignment feeds both GEMMs, so they share BLOCK_SIZE_M). Nothing for blocks under 32 rows."""
+    up, down = base["up"], base["down"]
+    if up["BLOCK_SIZE_M"] < 32:
+        return {}
+    tail_up, tail_down = dict(up, HALF_TAIL=1), dict(down, HALF_TAIL=1, PERSISTENT=0)
+    out = {"tail": {"up": tail_up, "down": tail_down}, "tail-up": {"up": tail_up, "down": down},
+           "tail-down": {"up": up, "down": tail_down}}
+    other = {64: 128, 128: 64}.get(up["BLOCK_SIZE_M"])
+    if other:
+        out[f"tail-m{other}"] = {"up": dict(tail_up, BLOCK_SIZE_M=other), "down": dict(tail_down, BLOCK_SIZE_M=other)}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", default=DEFAULT_KEYS)
     parser.add_argument("--batch-sizes", default=DEFAULT_BATCHES)
-    parser.add_argument("--probe", choices=("tma", "down", "persistent"), default="tma")
+    parser.add_argument("--probe", choices=("tma", "down", "persistent", "tail"), default="tma")
     parser.add_argument("--configs", default="benchmarks/vllm-h200-configs", help="vLLM's files (--probe tma)")
     parser.add_argument("--own", default="benchmarks/tuned-h200-tma",
-                        help="moekernel's own files (--probe down, persistent)")
+                        help="moekernel's own files (--probe down, persistent, tail)")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true",
@@ -148,6 +169,8 @@ def main(argv=None) -> int:
                 variants.update(down_tiles(base))
             elif args.probe == "persistent":
                 variants.update(persistent_variants(base))
+            elif args.probe == "tail":
+                variants.update(tail_variants(base))
             else:
                 variants.update(tma_variants(dict(base)))
                 if M >= LARGE_M:

@@ -20,8 +20,10 @@ PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_w
 #: 2 the activations too (from an expert-sorted copy: gathered before the up GEMM; for the down GEMM the up GEMM
 #: writes the intermediate in that order);
 #: PERSISTENT, how the down GEMM's programs map to tiles: 0 one program per output tile (the engines' kernel), 1 one
-#: program per SM walking the tiles of the row blocks in use, the next tile's loads overlapping this one's epilogue.
-EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0, "PERSISTENT": 0}
+#: program per SM walking the tiles of the row blocks in use, the next tile's loads overlapping this one's epilogue;
+#: HALF_TAIL, 1: a row block whose second half is padding (the last of an expert's run, when the run ends in its
+#: first half) computes BLOCK_SIZE_M // 2 rows, so the MMAs skip that padding (needs BLOCK_SIZE_M >= 32, PERSISTENT 0).
+EXTENDED_PARAMS = {"SPLIT_K": 1, "TMA": 0, "PERSISTENT": 0, "HALF_TAIL": 0}
 #: The TMA values, by name.
 TMA_OFF, TMA_WEIGHTS, TMA_BOTH = 0, 1, 2
 #: Extended parameters only the down GEMM takes (the up GEMM's silu(gate)*up epilogue needs its whole reduction):
@@ -72,6 +74,7 @@ RULES: dict[str, Rule] = {
     "TMA": Rule(0, choices=(TMA_OFF, TMA_WEIGHTS, TMA_BOTH),
                 why="0: pointer loads, 1: weights by TMA, 2: weights and activations by TMA"),
     "PERSISTENT": Rule(0, choices=(0, 1), why="0: a program per tile, 1: a program per SM over the tiles"),
+    "HALF_TAIL": Rule(0, choices=(0, 1), why="0: every block's full rows, 1: half the rows for a block half padding"),
 }
 
 #: The up GEMM's tile holds the gate and the up halves of w1, BLOCK_SIZE_N // 2 rows each, each a dot of its own.
@@ -99,8 +102,16 @@ def problems(config: Mapping[str, int], gemm: str) -> list[str]:
     """One line per parameter of ``config`` the kernel refuses for ``gemm``, e.g. ``num_warps=3: must be one of
     1, 2, 4, 8, 16``; empty if it can launch."""
     table = rules(gemm)
-    return [f"{p}={config[p]!r}: must be {table[p].describe()}" for p in ALL_PARAMS
-            if p in config and not table[p].allows(config[p])]
+    out = [f"{p}={config[p]!r}: must be {table[p].describe()}" for p in ALL_PARAMS
+           if p in config and not table[p].allows(config[p])]
+    if not out and config.get("HALF_TAIL"):
+        # Its half tile must still be a dot's (16 rows at least), and a persistent program has no tile of its own.
+        if config.get("BLOCK_SIZE_M", 32) < 32:
+            out.append(f"HALF_TAIL=1 with BLOCK_SIZE_M={config['BLOCK_SIZE_M']}: needs BLOCK_SIZE_M >= 32 (its "
+                       "half tile is a dot of 16 rows at least)")
+        if config.get("PERSISTENT"):
+            out.append("HALF_TAIL=1 with PERSISTENT=1: half tiles are for one program per tile; set one of them to 0")
+    return out
 
 
 def tma_problem(tma: int, gemm: str, N: int, K: int, act_bytes: int, weight_bytes: int) -> str | None:

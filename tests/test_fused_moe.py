@@ -309,6 +309,9 @@ def test_split_k_in_a_split_config_and_more_splits_than_k_steps(device):
     ({"up": SMALL, "down": dict(SMALL, TMA=-1)}, "TMA=-1: must be one of 0, 1, 2"),
     (dict(SMALL, PERSISTENT=2), "PERSISTENT=2: must be one of 0, 1"),
     ({"up": dict(SMALL, PERSISTENT=1), "down": SMALL}, "PERSISTENT=1: must be one of 0 .it applies to the down GEMM"),
+    (dict(SMALL, BLOCK_SIZE_M=32, HALF_TAIL=2), "HALF_TAIL=2: must be one of 0, 1"),
+    (dict(SMALL, HALF_TAIL=1), "HALF_TAIL=1 with BLOCK_SIZE_M=16: needs BLOCK_SIZE_M >= 32"),
+    (dict(SMALL, BLOCK_SIZE_M=32, HALF_TAIL=1, PERSISTENT=1), "HALF_TAIL=1 with PERSISTENT=1: .* set one of them to 0"),
 ])
 def test_bad_own_parameter_is_named(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -434,6 +437,73 @@ def test_persistent_goes_to_the_down_gemm():
     assert (up["PERSISTENT"], down["PERSISTENT"]) == (0, 1)
 
 
+# ---- half tiles for the blocks that are half padding (HALF_TAIL) --------------------------------------------------
+HALF = dict(SMALL, BLOCK_SIZE_M=32, HALF_TAIL=1)
+
+
+def runs_ending_in_both_halves(inputs):
+    """Top-2 over 4 experts routed so that, in blocks of 32, expert 1's run (every token) ends in its block's second
+    half and the other runs in their first halves: both of HALF_TAIL's paths run."""
+    ids = inputs.topk_ids
+    t = torch.arange(ids.shape[0], device=ids.device)
+    ids[:, 0] = 1
+    ids[:, 1] = torch.where(t % 4 == 1, 0, t % 4)
+    return inputs
+
+
+def half_and_full_blocks(call) -> tuple[int, int]:
+    """(blocks whose second half is padding, blocks whose second half holds tokens) of a call's last alignment."""
+    bm, used = call.up_cfg["BLOCK_SIZE_M"], int(call.ws.num_post.item())
+    second_half = call.ws.sorted_ids[:used].view(-1, bm)[:, bm // 2]
+    padding = int((second_half >= call.ws.numel).sum())
+    return padding, used // bm - padding
+
+
+@pytest.mark.parametrize("shape", DTYPE_SHAPES, ids=lambda s: s.key)
+@pytest.mark.parametrize("M", [17, 29])
+def test_half_tail_matches_reference(shape, M, device):
+    inputs = runs_ending_in_both_halves(make_inputs(shape, M, seed=M, device=device))
+    call, _ = check_split(inputs, HALF, BOUND[shape.dtype])
+    half, full = half_and_full_blocks(call)
+    assert half and full
+
+
+@pytest.mark.parametrize("own", [
+    {"TMA": 2}, {"TMA": 1, "SPLIT_K": 2}, {"up": dict(HALF, TMA=2), "down": dict(HALF, PERSISTENT=0, SPLIT_K=2)},
+    {"up": HALF, "down": dict(SMALL, BLOCK_SIZE_M=32, PERSISTENT=1)},
+], ids=["tma", "tma-weights-split-k", "split-config", "down-persistent"])
+@pytest.mark.parametrize("shape", [DTYPE_SHAPES[1], SPLIT_SHAPES[2],
+                                   KernelShape(4, 112, 128, 2, "fp8_w8a8", block_shape=(128, 128))],
+                         ids=lambda s: s.key)
+def test_half_tail_with_other_own_parameters(shape, own, device):
+    config = own if "up" in own else dict(HALF, BLOCK_SIZE_N=64, **own)
+    inputs = runs_ending_in_both_halves(make_inputs(shape, 29, device=device))
+    check_split(inputs, config, BOUND[shape.dtype], again=True)
+
+
+@pytest.mark.parametrize("shape,M", [
+    (KernelShape(1, 32, 48, 1, "fp16"), 5),  # one expert, one block, half padding: top-1 writes rows directly
+    (KernelShape(1, 32, 48, 1, "fp16"), 29),  # ... its second half holding tokens
+    (KernelShape(256, 16, 32, 8, "fp16"), 6),
+    (KernelShape(6, 24, 40, 3, "fp16"), 37),
+])
+def test_half_tail_edge_shapes(shape, M, device):
+    check(shape, M, config=HALF, device=device)
+
+
+def test_half_tail_sorted_intermediate_holds_zeros_in_padding_slots(device):
+    # A half tile leaves its block's second half to the zeros the down GEMM's TMA loads of whole blocks need.
+    inputs = runs_ending_in_both_halves(make_inputs(DTYPE_SHAPES[0], 29, device=device))
+    call = make_runner(inputs, dict(HALF, TMA=2))
+    call.ws.inter.fill_(float("nan"))
+    call()
+    used = int(call.ws.num_post.item())
+    padding = call.ws.sorted_ids[:used].long() >= call.ws.numel
+    assert half_and_full_blocks(call)[0] and padding.any()
+    assert torch.all(call.ws.inter[:used][padding] == 0)
+    assert torch.isfinite(call.ws.inter[:used]).all()
+
+
 # ---- GPU only ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.cuda
@@ -451,7 +521,9 @@ def test_gpu_realistic_shapes(dtype, extra, M):
     for cfg in (small_m, dict(small_m, SPLIT_K=2), dict(small_m, SPLIT_K=4), large_m, dict(small_m, TMA=1),
                 dict(small_m, TMA=2, SPLIT_K=2), dict(large_m, TMA=2), dict(small_m, PERSISTENT=1),
                 dict(small_m, PERSISTENT=1, SPLIT_K=2), dict(large_m, PERSISTENT=1, TMA=2),
-                {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}):
+                {"up": dict(large_m, TMA=1), "down": dict(large_m, TMA=2)}, dict(large_m, HALF_TAIL=1),
+                dict(large_m, HALF_TAIL=1, TMA=2), dict(large_m, BLOCK_SIZE_M=64, num_warps=4, HALF_TAIL=1, TMA=1),
+                dict(small_m, BLOCK_SIZE_M=32, HALF_TAIL=1, SPLIT_K=2)):
         inputs = make_inputs(shape, M, device="cuda", seed=M)
         out = run_poisoned(inputs, cfg)
         err = relative_error(out, fused_experts_ref(**inputs.kwargs()))
@@ -459,13 +531,14 @@ def test_gpu_realistic_shapes(dtype, extra, M):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k,tma,persistent", [(1, 0, 0), (2, 0, 0), (1, 2, 0), (1, 0, 1), (2, 2, 1)])
-def test_gpu_cuda_graph_replay_matches_eager(split_k, tma, persistent):
+@pytest.mark.parametrize("split_k,tma,persistent,half_tail", [
+    (1, 0, 0, 0), (2, 0, 0, 0), (1, 2, 0, 0), (1, 0, 1, 0), (2, 2, 1, 0), (1, 2, 0, 1), (2, 1, 0, 1)])
+def test_gpu_cuda_graph_replay_matches_eager(split_k, tma, persistent, half_tail):
     # Two partials added to zero give the same sum in either order, so SPLIT_K=2 is bit-exact too (4 need not be).
     shape = KernelShape(8, 256, 512, 2, "bf16")
     inputs = make_inputs(shape, 33, device="cuda")
-    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, SPLIT_K=split_k, TMA=tma,
-                                    PERSISTENT=persistent))
+    call = make_runner(inputs, dict(SMALL, BLOCK_SIZE_M=32 if half_tail else 16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64,
+                                    SPLIT_K=split_k, TMA=tma, PERSISTENT=persistent, HALF_TAIL=half_tail))
     eager = call().clone()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -483,15 +556,16 @@ def _compiled_binaries(fn) -> int:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("split_k,tma,persistent", [(1, 0, 0), (2, 0, 0), (1, 2, 0), (1, 2, 1)])
+@pytest.mark.parametrize("split_k,tma,persistent,half_tail", [
+    (1, 0, 0, 0), (2, 0, 0, 0), (1, 2, 0, 0), (1, 2, 1, 0), (1, 2, 0, 1)])
 @pytest.mark.parametrize("extra", [{"block_shape": (128, 128)}, {}, None], ids=["block", "per-tensor", "bf16"])
-def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma, persistent):
+def test_gpu_compile_config_builds_the_binary_the_launch_uses(extra, split_k, tma, persistent, half_tail):
     from moekernel.kernel import _kernels
     from moekernel.kernel.moe import compile_config
 
     shape = KernelShape(8, 256, 512, 2, "bf16") if extra is None else KernelShape(8, 256, 512, 2, "fp8_w8a8", **extra)
     cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3,
-               SPLIT_K=split_k, TMA=tma, PERSISTENT=persistent)
+               SPLIT_K=split_k, TMA=tma, PERSISTENT=persistent, HALF_TAIL=half_tail)
     compile_config(shape, 77, cfg)
     kernels = (_kernels._fused_moe_gemm, _kernels._moe_sum, _kernels._gather_sorted_rows)
     before = [_compiled_binaries(k) for k in kernels]

@@ -30,11 +30,12 @@ CONFIGS = {
     "split-k-tma": dict(SMALL_M, SPLIT_K=2, TMA=1),
     "tma-both-persistent": dict(LARGE_M, TMA=2, PERSISTENT=1),
     "split": {"up": dict(LARGE_M, TMA=1), "down": dict(LARGE_M, TMA=2, SPLIT_K=2)},
+    "half-tail": {"up": dict(LARGE_M, TMA=2, HALF_TAIL=1), "down": dict(LARGE_M, TMA=2, SPLIT_K=2, HALF_TAIL=1)},
 }
 # Every dtype and quantization mode with the parameters that interact with them most; both tile sizes and a split
 # config for the 16-bit and fp8 GEMMs (about 3 s of compiling a case).
 CASES = ([(dtype, name) for dtype in SHAPES for name in ("split-k-tma", "tma-both-persistent")]
-         + [(dtype, name) for dtype in ("bf16", "fp8") for name in ("small", "large", "split")])
+         + [(dtype, name) for dtype in ("bf16", "fp8") for name in ("small", "large", "split", "half-tail")])
 
 
 def compile_for_hopper(cases) -> list[dict]:

@@ -15,6 +15,8 @@ threads are free for the math. With A_TMA the activation tiles come through a de
 rows of a block to be contiguous: A is then held in expert-sorted order (one row per slot of ``sorted_token_ids``,
 zeros for padding slots), gathered by ``_gather_sorted_rows`` for the up GEMM, or written so by the up GEMM
 (C_SORTED) for the down GEMM (A_SORTED).
+With HALF_TAIL a program whose row block is half padding or more (the last block of an expert's run, when the run
+ends in its first half) computes a tile of BLOCK_SIZE_M // 2 rows: the MMAs skip the padding's half.
 """
 
 import triton
@@ -31,7 +33,7 @@ WEIGHT_ONLY: tl.constexpr = tl.constexpr(int(QuantMode.WEIGHT_ONLY))
 
 @triton.jit(do_not_specialize=["EM", "num_valid_tokens", "num_programs"])
 def _fused_moe_gemm(
-    a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
+    a_ptr, b_ptr, c_ptr, a_desc, a_half_desc, b_desc, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
     sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr, amax_ptr,
     N, K, EM, num_valid_tokens, b_rows_per_expert,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
@@ -53,6 +55,7 @@ def _fused_moe_gemm(
     B_TMA: tl.constexpr,  # weight tiles through b_desc ([experts x b_rows_per_expert, K])
     C_SORTED: tl.constexpr,  # write c's rows at their slots of sorted_token_ids (padding slots get zeros)
     PERSISTENT: tl.constexpr,  # num_programs programs walk the tiles in use (else one program per tile)
+    HALF_TAIL: tl.constexpr,  # a block whose second half is padding computes BLOCK_SIZE_M // 2 rows (a_half_desc's)
 ):
     num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
     num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
@@ -69,6 +72,8 @@ def _fused_moe_gemm(
         k_last = (pid_k + 1) * num_k_steps // SPLIT_K
         if k_first >= k_last:
             return  # more splits than K steps: nothing to add
+    tl.static_assert(not HALF_TAIL or (BLOCK_SIZE_M >= 32 and not PERSISTENT),
+                     "HALF_TAIL needs BLOCK_SIZE_M >= 32 and one program per tile")
     if PERSISTENT:
         # Only the row blocks in use, whose experts are all local (the alignment places no other): no tile is
         # skipped, and the flattened loop lets the next tile's first loads overlap this tile's epilogue.
@@ -90,13 +95,42 @@ def _fused_moe_gemm(
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
         if expert < 0:
             return
-        _gemm_tile(
-            pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr,
-            topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens, b_rows_per_expert,
-            stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn, stride_asm, stride_ask,
-            stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, A_ROW_DIV,
-            FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K, INT_ACC, DOT_FP32, EVEN_K,
-            SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+        half = False
+        if HALF_TAIL:
+            # Padding sits at the end of an expert's run, so the last block of a run is often mostly padding:
+            # when its second half is all padding, a tile of half the rows does the block's work.
+            half = tl.load(sorted_token_ids_ptr + pid_m * BLOCK_SIZE_M + BLOCK_SIZE_M // 2) >= num_valid_tokens
+        if half:
+            _gemm_tile(
+                2 * pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_half_desc, b_desc, a_scale_ptr,
+                b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens,
+                b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+                stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M // 2, BLOCK_SIZE_N,
+                BLOCK_SIZE_K, A_ROW_DIV, FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K,
+                INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+            if C_SORTED:
+                # The padding slots of the half left out still get their zeros (see _gemm_tile's store).
+                _store_zero_rows(c_ptr, pid_m * BLOCK_SIZE_M + BLOCK_SIZE_M // 2, pid_n, N, EM, stride_cm, stride_cn,
+                                 BLOCK_SIZE_M // 2, BLOCK_SIZE_N)
+        else:
+            _gemm_tile(
+                pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr,
+                b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens,
+                b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+                stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N,
+                BLOCK_SIZE_K, A_ROW_DIV, FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K,
+                INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+
+
+@triton.jit
+def _store_zero_rows(c_ptr, first_row, pid_n, N, EM, stride_cm, stride_cn, ROWS: tl.constexpr,
+                     BLOCK_SIZE_N: tl.constexpr):
+    """Zeros into rows first_row.. (ROWS of them, below EM) of output column block pid_n."""
+    offs_m = (first_row + tl.arange(0, ROWS)).to(tl.int64)
+    offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    zeros = tl.zeros((ROWS, BLOCK_SIZE_N), dtype=c_ptr.dtype.element_ty)
+    tl.store(c_ptrs, zeros, mask=(offs_m[:, None] < EM) & (offs_n[None, :] < N))
 
 
 @triton.jit

@@ -215,6 +215,8 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
         bn //= 2  # the tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each
     a_tma, b_tma = cfg["TMA"] == TMA_BOTH, cfg["TMA"] != TMA_OFF
     a_desc = _descriptor(a, [bm, bk], "the activations") if a_tma else None
+    half_tail = bool(cfg["HALF_TAIL"])
+    a_half_desc = _descriptor(a, [bm // 2, bk], "the activations") if a_tma and half_tail else None
     b_desc = _descriptor(_weight_rows(b), [bn, bk], "the weights") if b_tma else None
     group_n = group_k = 1
     if spec.mode == QuantMode.BLOCK:
@@ -229,7 +231,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
     # workers never ask the device.
     programs = min(tiles, _persistent_programs()) if cfg["PERSISTENT"] and not warmup else tiles
     grid = (programs,) + ((split_k,) if split_k > 1 else ())
-    args = [a, b, c, a_desc, b_desc, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post,
+    args = [a, b, c, a_desc, a_half_desc, b_desc, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post,
             ws.amax_slot(1), n_out, k_in, em, spec.M * spec.topk, b.shape[1],
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
             *scale_strides(spec.mode, a_scale, b_scale), programs]
@@ -238,7 +240,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
         QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, SPLIT_K=split_k, A_TMA=a_tma, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted,
-        PERSISTENT=bool(cfg["PERSISTENT"]),
+        PERSISTENT=bool(cfg["PERSISTENT"]), HALF_TAIL=half_tail,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if warmup:

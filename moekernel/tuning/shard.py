@@ -97,7 +97,7 @@ def write_shard(path: str | os.PathLike, rows: Iterable[Mapping] | pa.Table) -> 
 
 #: Columns a shard written before they existed lacks; read back as nulls.
 ADDED_COLUMNS = ("draw_us", "mean_us", "worst_us", "settings", "seeded_from", "SPLIT_K", "extended_winner", "TMA",
-                 "PERSISTENT")
+                 "PERSISTENT", "HALF_TAIL")
 
 
 def check_writable(path: str | os.PathLike) -> None:
