@@ -187,6 +187,8 @@ def main(argv=None) -> int:
         for M in batch_sizes:
             origin, variants = plan[M]
             inputs = make_inputs(shape, M, seed=M, device=device)
+            # 8-bit activations: another accumulation order can flip the intermediate's quantization of a value.
+            tolerance = 4e-2 if shape.info.act_bytes == 1 else 2e-2
             floor = floor_us(shape, M, expected_hit_experts(shape, M), ceilings)
             times: dict[str, list[float]] = {}
             errors: dict[str, str] = {}
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
                         out = run().clone()
                         if base_out is None:
                             base_out = out
-                        elif (err := relative_error(out, base_out)) > 2e-2:
+                        elif (err := relative_error(out, base_out)) > tolerance:
                             errors[name] = f"differs from base by {err:.2e}"
                             continue
                         runs[name] = run

@@ -95,31 +95,31 @@ def _fused_moe_gemm(
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
         if expert < 0:
             return
-        half = False
+        # A branch of its own: Triton 3.6 compiles both sides of an `if` on a Python bool, and HALF_TAIL=0 must stay
+        # today's binary.
         if HALF_TAIL:
             # Padding sits at the end of an expert's run, so the last block of a run is often mostly padding:
             # when its second half is all padding, a tile of half the rows does the block's work.
-            half = tl.load(sorted_token_ids_ptr + pid_m * BLOCK_SIZE_M + BLOCK_SIZE_M // 2) >= num_valid_tokens
-        if half:
-            _gemm_tile(
-                2 * pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_half_desc, b_desc, a_scale_ptr,
-                b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens,
-                b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
-                stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M // 2, BLOCK_SIZE_N,
-                BLOCK_SIZE_K, A_ROW_DIV, FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K,
-                INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
-            if C_SORTED:
-                # The padding slots of the half left out still get their zeros (see _gemm_tile's store).
-                _store_zero_rows(c_ptr, pid_m * BLOCK_SIZE_M + BLOCK_SIZE_M // 2, pid_n, N, EM, stride_cm, stride_cn,
-                                 BLOCK_SIZE_M // 2, BLOCK_SIZE_N)
-        else:
-            _gemm_tile(
-                pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr,
-                b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens,
-                b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
-                stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N,
-                BLOCK_SIZE_K, A_ROW_DIV, FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K,
-                INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+            if tl.load(sorted_token_ids_ptr + pid_m * BLOCK_SIZE_M + BLOCK_SIZE_M // 2) >= num_valid_tokens:
+                _gemm_tile(
+                    2 * pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_half_desc, b_desc, a_scale_ptr,
+                    b_scale_ptr, topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens,
+                    b_rows_per_expert, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+                    stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M // 2, BLOCK_SIZE_N,
+                    BLOCK_SIZE_K, A_ROW_DIV, FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K,
+                    INT_ACC, DOT_FP32, EVEN_K, SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
+                if C_SORTED:
+                    # The padding slots of the half left out still get their zeros (see _gemm_tile's store).
+                    _store_zero_rows(c_ptr, pid_m * BLOCK_SIZE_M + BLOCK_SIZE_M // 2, pid_n, N, EM, stride_cm,
+                                     stride_cn, BLOCK_SIZE_M // 2, BLOCK_SIZE_N)
+                return
+        _gemm_tile(
+            pid_m, pid_n, expert, k_first, k_last, a_ptr, b_ptr, c_ptr, a_desc, b_desc, a_scale_ptr, b_scale_ptr,
+            topk_weights_ptr, sorted_token_ids_ptr, amax_ptr, N, K, EM, num_valid_tokens, b_rows_per_expert,
+            stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn, stride_asm, stride_ask,
+            stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, A_ROW_DIV,
+            FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K, INT_ACC, DOT_FP32, EVEN_K,
+            SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
 
 
 @triton.jit
