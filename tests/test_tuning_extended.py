@@ -1,5 +1,5 @@
-"""moekernel's own launch parameters in the tuner: TMA, SPLIT_K and PERSISTENT searched around the engine search's
-result (interpreter)."""
+"""moekernel's own launch parameters in the tuner: TMA, SPLIT_K, HALF_TAIL and PERSISTENT searched around the engine
+search's result (interpreter)."""
 
 import importlib
 import time
@@ -62,13 +62,14 @@ def test_tma_is_pruned_where_rows_cannot_have_a_descriptor():
     assert all(r is not None for _, r in extended_variants(shape, 4, six, "both", winner=False))
 
 
-def fake_runners(monkeypatch, ms_by_own, persistent_gain=-4):
+def fake_runners(monkeypatch, ms_by_own, persistent_gain=-4, tail_gain=-4):
     """make_runner returns a sleep of ms_by_own[(SPLIT_K, TMA, num_stages)] or [(SPLIT_K, TMA)] ms, 14 for any
-    other, ``persistent_gain`` ms less with PERSISTENT=1 (4 more by default); num_stages 3 is 5 ms slower (a clear
-    engine winner, and a second finalist whose variants lose too)."""
+    other, ``persistent_gain`` ms less with PERSISTENT=1 and ``tail_gain`` less with HALF_TAIL=1 (4 more by
+    default); num_stages 3 is 5 ms slower (a clear engine winner, and a second finalist whose variants lose too)."""
     def fake(inputs, config, gemm="both"):
         ms = ms_by_own.get(own(config) + (config["num_stages"],), ms_by_own.get(own(config), 14))
         ms += 5 * (config["num_stages"] == 3) - persistent_gain * config.get("PERSISTENT", 0)
+        ms -= tail_gain * config.get("HALF_TAIL", 0)
         return lambda: time.sleep(ms / 1000)
 
     monkeypatch.setattr(moe, "make_runner", fake)
@@ -104,13 +105,38 @@ def test_the_extended_winner_is_the_engine_winner_or_a_variant_that_pays(tmp_pat
         assert f"with moekernel's own parameters both {config_str(extended._asdict())} " in frame.attrs["summary"]
     # Every variant is a row; those not tried say why. The winner gets TMA and SPLIT_K, the other finalist TMA, and
     # moekernel's extended default (four stages, SPLIT_K 2 and TMA 1 here) is timed beside them.
-    # PERSISTENT is tried once, on the best of the other variants and the winner.
+    # PERSISTENT and HALF_TAIL are tried once each, on the best of the other variants and the winner; blocks of 16
+    # rows have no half tiles, so that row says why.
     (persistent,) = frame[frame["PERSISTENT"] == 1].itertuples(index=False)
     assert (persistent.SPLIT_K, persistent.TMA) == extended_own[:2]
-    variants = frame[((frame["SPLIT_K"] > 1) | (frame["TMA"] > 0)) & (frame["PERSISTENT"] == 0)]
+    (half_tail,) = frame[frame["HALF_TAIL"] == 1].itertuples(index=False)
+    assert (half_tail.SPLIT_K, half_tail.TMA, half_tail.status) == extended_own[:2] + ("pruned",)
+    assert "needs BLOCK_SIZE_M >= 32" in half_tail.error
+    variants = frame[((frame["SPLIT_K"] > 1) | (frame["TMA"] > 0)) & (frame["PERSISTENT"] == 0)
+                     & (frame["HALF_TAIL"] == 0)]
     by_stages = {s: sorted(zip(g["SPLIT_K"], g["TMA"])) for s, g in variants.groupby("num_stages")}
     # (8 K steps: SPLIT_K 4 and 8 leave too few per part, so each is one pruned row.)
     assert by_stages == {2: [(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (4, 0), (8, 0)], 3: [(1, 1), (1, 2)],
                          4: [(2, 1)]}
     assert variants[variants["status"] == "pruned"]["error"].str.contains("K steps").all()
     assert read_shard(out).num_rows == len(frame)
+
+
+@interpreter_only
+@pytest.mark.parametrize("persistent_gain, tail_gain, extended_own", [
+    (-4, 4, (0, 1)),  # half tiles pay
+    (4, -4, (1, 0)),  # a persistent down GEMM does, half tiles do not
+    (3, 6, (0, 1)),  # both do: the kernel takes one of them, the faster
+    (-4, -4, (0, 0)),  # neither
+])
+def test_half_tail_is_tried_beside_a_persistent_down_gemm(tmp_path, monkeypatch, persistent_gain, tail_gain,
+                                                          extended_own):
+    fake_runners(monkeypatch, {(1, 0): 10}, persistent_gain, tail_gain)
+    space = dict(SPACE, BLOCK_SIZE_M=[32])
+    frame = tune(SHAPE, 2, strategy="exhaustive", space=space, iters=2, draws=2, backend=BACKEND, jobs=1,
+                 progress=False)
+    (extended,) = frame[frame["extended_winner"].fillna(False).astype(bool)].itertuples(index=False)
+    assert (extended.PERSISTENT, extended.HALF_TAIL) == extended_own
+    (half_tail,) = frame[frame["HALF_TAIL"] == 1].itertuples(index=False)
+    assert half_tail.status == "ok" and len(half_tail.draw_us) == 2
+    assert (half_tail.SPLIT_K, half_tail.TMA, half_tail.PERSISTENT) == (1, 0, 0)

@@ -22,7 +22,7 @@ from .seeds import heuristic_seeds
 from .select import Checker, Selection
 from .settings import TuneSettings
 from .space import (Candidate, config_str, device_smem_limit, extended_default, extended_variants, format_duration,
-                    interpreter_seconds, persistent_variant, prune)
+                    half_tail_variant, interpreter_seconds, persistent_variant, prune)
 from .strategies import Fast
 
 FAILED = ("out_of_resources", "compile_error", "runtime_error", "incorrect")
@@ -177,8 +177,9 @@ class TuneJob:
         finalists timed on every draw beside it (same scope and BLOCK_SIZE_M), SPLIT_K (alone and with TMA) on the
         winner's down GEMM, and (for a whole-op winner) moekernel's extended default. The variants are timed like
         finalists, on every routing draw; the best of them and the winner (:meth:`Selection.pick_extended`), the
-        winner itself where none pays, then gets a persistent down GEMM where it drives one
-        (:func:`moekernel.tuning.space.persistent_variant`): the extended winner is the faster of the two."""
+        winner itself where none pays, is then timed beside itself with half tiles for the blocks that are half
+        padding (:func:`moekernel.tuning.space.half_tail_variant`) and with a persistent down GEMM where it drives
+        one (:func:`moekernel.tuning.space.persistent_variant`): the extended winner is the fastest of the three."""
         rows, base = self.meas.rows, self.base_row()
         winners = {c.gemm: c for c in rows if rows[c]["winner"]}
 
@@ -210,8 +211,11 @@ class TuneJob:
                 variants.append(add(extended_default(self.shape, self.M), None, "both"))
             whole = self._whole_config(winner.gemm, winners)
             best = timed_pick(winner, variants, whole)
+            # Neither changes the tiles: each is tried once, on the best so far (the kernel takes one or the other).
+            last = [add(*half_tail_variant(best.config, winner.gemm), winner.gemm)]
             if winner.gemm != "up":
-                best = timed_pick(best, [add(persistent_variant(best.config), None, winner.gemm)], whole)
+                last.append(add(persistent_variant(best.config), None, winner.gemm))
+            best = timed_pick(best, last, whole)
             rows[best]["extended_winner"] = True
             self.meas.measured.add(best)
         self.meas.checkpoint(force=True)

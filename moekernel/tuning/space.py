@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from .. import launch_params
-from ..heuristics import HOPPER_SMEM_BYTES, HOPPER_SMS, MIN_SPLIT_K_STEPS, default_config, down_grid, is_split
+from ..heuristics import (HOPPER_SMEM_BYTES, HOPPER_SMS, MIN_SPLIT_K_STEPS, default_config, down_grid, is_split,
+                          up_down)
 from ..launch_params import DOWN_ONLY_PARAMS, EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_WEIGHTS, tma_problem
 from ..shapes import KernelShape
 
@@ -210,6 +211,20 @@ def persistent_variant(config: Mapping[str, int]) -> dict[str, int]:
     programs walk their tiles, so it pays or not about equally whatever the tile. On the H200 it paid 1-4% where
     it did (Qwen3-30B-A3B at M >= 2048, Mixtral fp8 at M = 1 and 4096) and lost up to 13% elsewhere."""
     return dict(config, PERSISTENT=1)
+
+
+def half_tail_variant(config: Mapping[str, int], gemm: str) -> tuple[dict[str, int], str | None]:
+    """``config`` with half tiles for the row blocks that are half padding (HALF_TAIL=1), and ``None`` (time it) or
+    why the kernel refuses it (blocks under 32 rows; a persistent down GEMM).
+
+    Tried, like PERSISTENT, on the best config found so far: it changes only the last block of each expert's run.
+    On the H200 it paid 1-5% at Mixtral M >= 256 (most with fp8, from 128-row blocks) and lost up to 5% with
+    64-row blocks at M = 64-128 (BENCHMARKS.md, 2026-12-01 sixth session)."""
+    variant = dict(config, HALF_TAIL=1)
+    # A config for both GEMMs gives its down-only parameters (PERSISTENT) to the down GEMM alone.
+    parts = zip(("up", "down"), up_down(variant)) if gemm == "both" else [(gemm, variant)]
+    refused = list(dict.fromkeys(p for part, cfg in parts for p in launch_params.problems(cfg, part)))
+    return variant, "; ".join(refused) if refused else None
 
 
 def extended_default(shape: KernelShape, M: int) -> dict[str, int]:
