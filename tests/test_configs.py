@@ -133,10 +133,10 @@ def test_extended_file_round_trip_holds_every_parameter_of_both_gemms(tmp_path):
     assert list(data) == ["format", "version", "triton_version", "configs"] and data["version"] == 1
     assert list(data["configs"]["1"]["down"]) == list(ALL_PARAMS)
     loaded = configs.load_configs(8, 7168, device_name="NVIDIA_H200", folders=[tmp_path])
-    assert loaded[1] == {"up": dict(CFG, SPLIT_K=1, TMA=1, PERSISTENT=0), "down": dict(CFG, SPLIT_K=2, TMA=1,
-                                                                                     PERSISTENT=1)}
-    assert loaded[2] == {"up": dict(CFG, SPLIT_K=1, TMA=2, PERSISTENT=0),
-                         "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4, TMA=0, PERSISTENT=0)}
+    assert loaded[1] == {"up": dict(CFG, SPLIT_K=1, TMA=1, PERSISTENT=0, HALF_TAIL=0),
+                         "down": dict(CFG, SPLIT_K=2, TMA=1, PERSISTENT=1, HALF_TAIL=0)}
+    assert loaded[2] == {"up": dict(CFG, SPLIT_K=1, TMA=2, PERSISTENT=0, HALF_TAIL=0),
+                         "down": dict(CFG, BLOCK_SIZE_N=64, SPLIT_K=4, TMA=0, PERSISTENT=0, HALF_TAIL=0)}
     assert loaded[64]["up"] == loaded[64]["down"] == dict(CFG, BLOCK_SIZE_M=64, **EXTENDED_PARAMS)
     # A file written before an extended parameter existed reads as its default.
     for param in EXTENDED_PARAMS:

@@ -14,7 +14,7 @@ EXPECTED = [
     ("topk", pa.int64()), ("block_shape", pa.string()), ("batch_size", pa.int64()),
     ("BLOCK_SIZE_M", pa.int64()), ("BLOCK_SIZE_N", pa.int64()), ("BLOCK_SIZE_K", pa.int64()),
     ("GROUP_SIZE_M", pa.int64()), ("num_warps", pa.int64()), ("num_stages", pa.int64()), ("SPLIT_K", pa.int64()),
-    ("TMA", pa.int64()), ("PERSISTENT", pa.int64()),
+    ("TMA", pa.int64()), ("PERSISTENT", pa.int64()), ("HALF_TAIL", pa.int64()),
     ("gemm", pa.string()), ("status", pa.string()),
     ("time_us", pa.float64()), ("p20_us", pa.float64()), ("p80_us", pa.float64()), ("iters", pa.int64()),
     ("compile_s", pa.float64()), ("draw_us", pa.list_(pa.float64())), ("mean_us", pa.float64()),
@@ -29,7 +29,7 @@ EXPECTED = [
 def row(**overrides):
     base = dict(key="E4-N64-K64-top2-fp16", dtype="fp16", E=4, N=64, K=64, topk=2, block_shape=None, batch_size=8,
                 BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2,
-                SPLIT_K=1, TMA=0, PERSISTENT=0, gemm="both", status="ok", time_us=1.5, p20_us=1.4, p80_us=1.6, iters=20, compile_s=0.8,
+                SPLIT_K=1, TMA=0, PERSISTENT=0, HALF_TAIL=0, gemm="both", status="ok", time_us=1.5, p20_us=1.4, p80_us=1.6, iters=20, compile_s=0.8,
                 draw_us=[1.5, 1.6, 1.4], mean_us=1.5, worst_us=1.6, error=None,
                 winner=True, verified=True, extended_winner=True, device="cpu-interpreter", backend="interpret", triton_version="3.9.0",
                 torch_version="2.13", moekernel_version="0.1.0", kernel_hash="abc", routing="uniform",
@@ -89,14 +89,15 @@ def test_checkpoint_reuse_needs_equal_settings(tmp_path):
     assert part.name == "bs8.parquet.partial" and part.suffix != ".parquet"  # shard globs never see it
     shard.write_shard(part, [row(), row(BLOCK_SIZE_N=64, status="compile_error", error="boom"),
                              row(BLOCK_SIZE_N=128, status="pruned"), row(SPLIT_K=2, time_us=1.2),
-                             row(TMA=2, time_us=1.1), row(PERSISTENT=1, time_us=1.0),
-                             row(SPLIT_K=None, TMA=None, PERSISTENT=None, BLOCK_SIZE_K=32)])
+                             row(TMA=2, time_us=1.1), row(PERSISTENT=1, time_us=1.0), row(HALF_TAIL=1, time_us=0.9),
+                             row(SPLIT_K=None, TMA=None, PERSISTENT=None, HALF_TAIL=None, BLOCK_SIZE_K=32)])
     reused = shard.load_checkpoint(part, row())
-    # Keyed as the tuner's candidates are (config id, gemm, (SPLIT_K, TMA, PERSISTENT)), nulls (older shards) as
-    # the defaults; pruned rows are recomputed.
-    assert set(reused) == {((16, 32, 64, 1, 4, 2), "both", (1, 0, 0)), ((16, 64, 64, 1, 4, 2), "both", (1, 0, 0)),
-                           ((16, 32, 64, 1, 4, 2), "both", (2, 0, 0)), ((16, 32, 64, 1, 4, 2), "both", (1, 2, 0)),
-                           ((16, 32, 64, 1, 4, 2), "both", (1, 0, 1)), ((16, 32, 32, 1, 4, 2), "both", (1, 0, 0))}
+    # Keyed as the tuner's candidates are (config id, gemm, (SPLIT_K, TMA, PERSISTENT, HALF_TAIL)), nulls (older
+    # shards) as the defaults; pruned rows are recomputed.
+    six = (16, 32, 64, 1, 4, 2)
+    assert set(reused) == {(six, "both", (1, 0, 0, 0)), ((16, 64, 64, 1, 4, 2), "both", (1, 0, 0, 0)),
+                           (six, "both", (2, 0, 0, 0)), (six, "both", (1, 2, 0, 0)), (six, "both", (1, 0, 1, 0)),
+                           (six, "both", (1, 0, 0, 1)), ((16, 32, 32, 1, 4, 2), "both", (1, 0, 0, 0))}
     assert shard.load_checkpoint(part, row(seed=1)) == {}
     assert shard.load_checkpoint(part, row(kernel_hash="other")) == {}
     part.write_bytes(b"truncated")

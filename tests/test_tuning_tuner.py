@@ -69,11 +69,11 @@ def test_end_to_end_shard(tmp_path):
     splits = frame[frame["SPLIT_K"] > 1]  # of the winner; N=64 is too short a reduction to split
     assert sorted(splits["SPLIT_K"]) == [2, 4, 8] and (splits["status"] == "pruned").all()
     # TMA 1 and 2 on the winner and the other finalists timed on every draw, and moekernel's extended default; then
-    # a persistent down GEMM on the best of those.
-    tma = frame[(frame["TMA"] > 0) & (frame["PERSISTENT"] == 0)]
+    # half tiles and a persistent down GEMM on the best of those.
+    tma = frame[(frame["TMA"] > 0) & (frame["PERSISTENT"] == 0) & (frame["HALF_TAIL"] == 0)]
     finalists = frame[frame["draw_us"].notna() & ~extended_rows(frame)]
     assert (tma["status"] == "ok").all() and len(tma) == 2 * len(finalists) + 1
-    assert len(frame[frame["PERSISTENT"] == 1]) == 1
+    assert len(frame[frame["PERSISTENT"] == 1]) == len(frame[frame["HALF_TAIL"] == 1]) == 1
     frame = engine_rows(frame)
     assert len(frame) == 8
     pruned = frame[frame["status"] == "pruned"]

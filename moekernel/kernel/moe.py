@@ -11,7 +11,9 @@ so a file tuned for vLLM's kernel puts the same tile footprint on this one. Beyo
 config may carry moekernel's own (moekernel.launch_params.EXTENDED_PARAMS): SPLIT_K splits the down GEMM's
 reduction over N between SPLIT_K programs per output tile; TMA loads a GEMM's weight tiles (1) or its weight and
 activation tiles (2) through TMA descriptors. TMA=2 on the up GEMM adds one launch that gathers x into
-expert-sorted rows; TMA=2 on the down GEMM makes the up GEMM write the intermediate in that order.
+expert-sorted rows; TMA=2 on the down GEMM makes the up GEMM write the intermediate in that order. PERSISTENT
+walks the down GEMM's tiles with one program per SM; HALF_TAIL computes the row blocks that are half padding with
+tiles of half the rows.
 """
 
 from __future__ import annotations
