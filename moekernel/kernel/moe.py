@@ -233,8 +233,8 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
     # workers never ask the device.
     programs = min(tiles, _persistent_programs()) if cfg["PERSISTENT"] and not warmup else tiles
     grid = (programs,) + ((split_k,) if split_k > 1 else ())
-    args = [a, b, c, a_desc, a_half_desc, b_desc, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids, ws.num_post,
-            ws.amax_slot(1), n_out, k_in, em, spec.M * spec.topk, b.shape[1],
+    args = [a, b, c, a_desc, a_half_desc, b_desc, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids,
+            ws.num_post, ws.amax_slot(1), n_out, k_in, em, spec.M * spec.topk, b.shape[1],
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
             *scale_strides(spec.mode, a_scale, b_scale), programs]
     meta = dict(
