@@ -460,9 +460,8 @@ def half_and_full_blocks(call) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("shape", DTYPE_SHAPES, ids=lambda s: s.key)
-@pytest.mark.parametrize("M", [17, 29])
-def test_half_tail_matches_reference(shape, M, device):
-    inputs = runs_ending_in_both_halves(make_inputs(shape, M, seed=M, device=device))
+def test_half_tail_matches_reference(shape, device):
+    inputs = runs_ending_in_both_halves(make_inputs(shape, 29, device=device))
     call, _ = check_split(inputs, HALF, BOUND[shape.dtype])
     half, full = half_and_full_blocks(call)
     assert half and full
