@@ -100,7 +100,11 @@ def rules(gemm: str) -> dict[str, Rule]:
 
 def problems(config: Mapping[str, int], gemm: str) -> list[str]:
     """One line per parameter of ``config`` the kernel refuses for ``gemm``, e.g. ``num_warps=3: must be one of
-    1, 2, 4, 8, 16``; empty if it can launch."""
+    1, 2, 4, 8, 16``; empty if it can launch. A config for ``both`` gives its down-only parameters to the down
+    GEMM alone, as the kernel does."""
+    if gemm == "both":
+        up = {p: v for p, v in config.items() if p not in DOWN_ONLY_PARAMS}
+        return list(dict.fromkeys(problems(up, "up") + problems(config, "down")))
     table = rules(gemm)
     out = [f"{p}={config[p]!r}: must be {table[p].describe()}" for p in ALL_PARAMS
            if p in config and not table[p].allows(config[p])]

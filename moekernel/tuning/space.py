@@ -14,8 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from .. import launch_params
-from ..heuristics import (HOPPER_SMEM_BYTES, HOPPER_SMS, MIN_SPLIT_K_STEPS, default_config, down_grid, is_split,
-                          up_down)
+from ..heuristics import HOPPER_SMEM_BYTES, HOPPER_SMS, MIN_SPLIT_K_STEPS, default_config, down_grid, is_split
 from ..launch_params import DOWN_ONLY_PARAMS, EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_WEIGHTS, tma_problem
 from ..shapes import KernelShape
 
@@ -221,9 +220,7 @@ def half_tail_variant(config: Mapping[str, int], gemm: str) -> tuple[dict[str, i
     On the H200 it paid 1-5% at Mixtral M >= 256 (most with fp8, from 128-row blocks) and lost up to 5% with
     64-row blocks at M = 64-128 (BENCHMARKS.md, 2026-12-01 sixth session)."""
     variant = dict(config, HALF_TAIL=1)
-    # A config for both GEMMs gives its down-only parameters (PERSISTENT) to the down GEMM alone.
-    parts = zip(("up", "down"), up_down(variant)) if gemm == "both" else [(gemm, variant)]
-    refused = list(dict.fromkeys(p for part, cfg in parts for p in launch_params.problems(cfg, part)))
+    refused = launch_params.problems(variant, gemm)
     return variant, "; ".join(refused) if refused else None
 
 
