@@ -28,11 +28,11 @@ for stage in "$@"; do
     env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
          python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" ;;
     # Every module that runs kernels or the tuner, with the real kernels (no TRITON_INTERPRET on a GPU machine).
-    tests) run gpu-tests python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py tests/test_routing.py \
+    tests) run gpu-tests python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py tests/test_pdl.py tests/test_routing.py \
              tests/test_configs.py tests/test_bench.py tests/test_roofline.py tests/test_tuning_*.py \
              tests/test_pipeline_verify.py ;;
     # The kernel's and the extended search's tests alone (a short lease's check after a kernel change).
-    tests-kernel) run gpu-tests-kernel python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py \
+    tests-kernel) run gpu-tests-kernel python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_fused_moe.py tests/test_pdl.py \
              tests/test_routing.py tests/test_tuning_extended.py ;;
     # Pipeline folders an earlier lease of the same machine left behind: start from none.
     clean) rm -rf "$WORK/run" "$WORK/run-qwen3" "$WORK/tuned" ;;
@@ -53,6 +53,9 @@ for stage in "$@"; do
     tail-probe) run tail-probe python3 benchmarks/tma_probe.py --probe tail --own "${OWN:-benchmarks/tuned-h200-turns}" \
              ${KEYS:+--keys "$KEYS"} --batch-sizes "${BATCHES:-64,128,256,512,1024,1536,2048,3072,4096}" --draws 3 \
              --json "$WORK/tail-probe.json" ;;
+    # Programmatic dependent launch: moekernel's own files launched with it (the default) and without, all 18 sizes.
+    pdl-probe) run pdl-probe python3 benchmarks/tma_probe.py --probe pdl --own "${OWN:-benchmarks/tuned-h200-tail}" \
+             ${KEYS:+--keys "$KEYS"} --batch-sizes "${BATCHES:-$ALL_BATCHES}" --draws 3 --json "$WORK/pdl-probe.json" ;;
     # Where a call's time goes: the base configs' up and down GEMMs alone, and the rest (alignment, sum, quantization).
     breakdown) run breakdown python3 benchmarks/tma_probe.py --breakdown --skip-variants --batch-sizes "${BATCHES:-1,64,512,1024,4096}" \
              --json "$WORK/breakdown.json" ;;

@@ -17,6 +17,10 @@ alone, and on both with other GROUP_SIZE_M (the order the programs walk the tile
 both GEMMs, on either alone, and on both with the other row-block size (64 or 128 rows, so that the half tiles are
 the other's full ones).
 
+``--probe pdl``: the same base, launched without programmatic dependent launch (moekernel.kernel.pdl), against
+the base as it launches by default (with it, on Hopper): what overlapping each kernel's launch with the end of the
+one before it gains.
+
 Every variant's output is checked against the base's. Times: CUDA-graph medians, the variants taking turns
 (moekernel.kernel.timing.time_interleaved), averaged over ``--draws`` routing draws; the table gives each variant's
 speed-up over the base (>1: faster) and the floor fraction of the base and of the best variant (roofline against
@@ -26,6 +30,7 @@ KNOWN_CEILINGS["NVIDIA_H200"]).
     python benchmarks/tma_probe.py --probe down --own benchmarks/tuned-h200-tma
     python benchmarks/tma_probe.py --probe persistent --own benchmarks/tuned-h200-tma
     python benchmarks/tma_probe.py --probe tail --own benchmarks/tuned-h200-turns --batch-sizes 256,512,1024,4096
+    python benchmarks/tma_probe.py --probe pdl --own benchmarks/tuned-h200-tail
 """
 
 from __future__ import annotations
@@ -113,14 +118,28 @@ def tail_variants(base: dict) -> dict[str, dict]:
     return out
 
 
+#: The pdl probe's variant: the base config, its runner launching without PDL.
+NO_PDL = "no-pdl"
+
+
+def without_pdl(run):
+    """A runner whose kernels launch without PDL (also when a CUDA graph captures it)."""
+    from moekernel.kernel import pdl
+
+    def call():
+        with pdl.forced(False):
+            return run()
+    return call
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", default=DEFAULT_KEYS)
     parser.add_argument("--batch-sizes", default=DEFAULT_BATCHES)
-    parser.add_argument("--probe", choices=("tma", "down", "persistent", "tail"), default="tma")
+    parser.add_argument("--probe", choices=("tma", "down", "persistent", "tail", "pdl"), default="tma")
     parser.add_argument("--configs", default="benchmarks/vllm-h200-configs", help="vLLM's files (--probe tma)")
     parser.add_argument("--own", default="benchmarks/tuned-h200-tma",
-                        help="moekernel's own files (--probe down, persistent, tail)")
+                        help="moekernel's own files (--probe down, persistent, tail, pdl)")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true",
@@ -171,6 +190,8 @@ def main(argv=None) -> int:
                 variants.update(persistent_variants(base))
             elif args.probe == "tail":
                 variants.update(tail_variants(base))
+            elif args.probe == "pdl":
+                variants[NO_PDL] = base
             else:
                 variants.update(tma_variants(dict(base)))
                 if M >= LARGE_M:
@@ -202,6 +223,8 @@ def main(argv=None) -> int:
                         continue
                     try:
                         run = make_runner(inputs, cfg)
+                        if name == NO_PDL:
+                            run = without_pdl(run)
                         out = run().clone()
                         if base_out is None:
                             base_out = out

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 #: The sources a timing depends on: the kernel package's op, Triton code, alignment and quantization.
-KERNEL_SOURCES = ("_kernels.py", "moe.py", "routing.py", "quant.py")
+KERNEL_SOURCES = ("_kernels.py", "moe.py", "routing.py", "quant.py", "pdl.py")
 KERNEL_DIR = Path(__file__).resolve().parent / "kernel"
 
 

@@ -5,9 +5,11 @@ stand-in driver answers the questions Triton's compile asks of a GPU (its target
 interpreter lets pass (it runs the kernel's Python as Python) and shows what Triton made of a config: which MMA
 and how much shared memory.
 
-    python tests/hopper_compile.py '[["E8-N7168-K4096-top2-bf16", {config}], ...]'
+    python tests/hopper_compile.py '[["E8-N7168-K4096-top2-bf16", {config}], ["...", {config}, false], ...]'
 
-prints a JSON list, one object per case: {"ok": bool, "error": str, "binaries": [{"mma": 2 or 3, "shared": bytes}]}.
+(a third element turns programmatic dependent launch on or off for that case; else moekernel's default) prints a
+JSON list, one object per case: {"ok": bool, "error": str, "binaries": [{"mma": 2 or 3, "shared": bytes, "pdl":
+whether the PTX waits for the kernel before and lets the next one launch}]}.
 """
 
 import json
@@ -41,7 +43,9 @@ def main(cases) -> list[dict]:
     from triton.runtime import driver
 
     driver.set_active(_Sm90Driver())
-    from moekernel.kernel import _kernels
+    import contextlib
+
+    from moekernel.kernel import _kernels, pdl
     from moekernel.kernel.moe import compile_config
     from moekernel.shapes import KernelShape
 
@@ -49,17 +53,20 @@ def main(cases) -> list[dict]:
         return {id(k): k for cache in _kernels._fused_moe_gemm.device_caches.values() for k in cache[0].values()}
 
     out = []
-    for key, config in cases:
+    for key, config, *launch in cases:
         before = binaries()
         try:
-            compile_config(KernelShape.from_key(key), 64, config)  # every launch of the op, as the tuner compiles it
+            with pdl.forced(launch[0]) if launch else contextlib.nullcontext():
+                compile_config(KernelShape.from_key(key), 64, config)  # every launch of the op, as the tuner does
         except Exception as exc:  # noqa: BLE001 - each case reports its own failure
             out.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"[-2000:], "binaries": []})
             continue
         found = []
         for k in (k for i, k in binaries().items() if i not in before):
             versions = {int(v) for v in re.findall(r"versionMajor = (\d+)", k.asm["ttgir"])}
-            found.append({"mma": max(versions) if versions else None, "shared": k.metadata.shared})
+            ptx = k.asm["ptx"]
+            found.append({"mma": max(versions) if versions else None, "shared": k.metadata.shared,
+                          "pdl": "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx})
         out.append({"ok": True, "error": "", "binaries": found})
     return out
 

@@ -40,7 +40,7 @@ CASES = ([(dtype, name) for dtype in SHAPES for name in ("split-k-tma", "tma-bot
 
 def compile_for_hopper(cases) -> list[dict]:
     """tests/hopper_compile.py's outcome for each (kernel key, config) case, compiled in one process."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MOEKERNEL_PDL")}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, str(HERE / "hopper_compile.py"), json.dumps(cases)], env=env,
                           capture_output=True, text=True, timeout=900)
@@ -50,7 +50,10 @@ def compile_for_hopper(cases) -> list[dict]:
 
 # One test, so that pytest-xdist compiles the cases once, on one worker (about a minute from an empty cache).
 def test_every_config_family_compiles_for_hopper_fits_and_large_tiles_use_wgmma():
-    results = dict(zip(CASES, compile_for_hopper([[SHAPES[dtype], CONFIGS[name]] for dtype, name in CASES])))
+    # The last case compiles with programmatic dependent launch off.
+    compiled = compile_for_hopper([[SHAPES[dtype], CONFIGS[name]] for dtype, name in CASES]
+                                  + [[SHAPES["bf16"], CONFIGS["small"], False]])
+    results = dict(zip(CASES, compiled))
     failed = {f"{dtype}-{name}": r["error"] for (dtype, name), r in results.items() if not r["ok"]}
     assert not failed, failed
     # Compiling does not check shared memory (loading the binary on the GPU does): each must fit an H100/H200.
@@ -63,3 +66,8 @@ def test_every_config_family_compiles_for_hopper_fits_and_large_tiles_use_wgmma(
         large, small = results[(dtype, "large")]["binaries"], results[(dtype, "small")]["binaries"]
         assert large and all(b["mma"] == 3 for b in large), (dtype, large)
         assert small and all(b["mma"] == 2 for b in small), (dtype, small)
+    # On Hopper the op's kernels launch with PDL by default, so each must wait for the kernel before it (one that
+    # did not could read the intermediate before the up GEMM has written it); with PDL off none does.
+    no_wait = [f"{d}-{n}" for (d, n), r in results.items() if not all(b["pdl"] for b in r["binaries"])]
+    assert not no_wait, no_wait
+    assert compiled[-1]["ok"] and not any(b["pdl"] for b in compiled[-1]["binaries"]), compiled[-1]

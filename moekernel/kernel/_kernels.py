@@ -31,6 +31,16 @@ BLOCK: tl.constexpr = tl.constexpr(int(QuantMode.BLOCK))
 WEIGHT_ONLY: tl.constexpr = tl.constexpr(int(QuantMode.WEIGHT_ONLY))
 
 
+@triton.jit
+def _after_prior_kernel(PDL: tl.constexpr):
+    """First in every kernel of the op. With PDL (moekernel.kernel.pdl) this program may be resident before the
+    kernel ahead of it in the stream has finished: wait until it has and its writes are visible, then let the
+    kernel after this one become resident in turn (it waits likewise)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
 @triton.jit(do_not_specialize=["EM", "num_valid_tokens", "num_programs"])
 def _fused_moe_gemm(
     a_ptr, b_ptr, c_ptr, a_desc, a_half_desc, b_desc, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
@@ -56,7 +66,9 @@ def _fused_moe_gemm(
     C_SORTED: tl.constexpr,  # write c's rows at their slots of sorted_token_ids (padding slots get zeros)
     PERSISTENT: tl.constexpr,  # num_programs programs walk the tiles in use (else one program per tile)
     HALF_TAIL: tl.constexpr,  # a block whose second half is padding computes BLOCK_SIZE_M // 2 rows (a_half_desc's)
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (see _after_prior_kernel)
 ):
+    _after_prior_kernel(PDL)
     num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
     num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
     num_k_steps = tl.cdiv(K, BLOCK_SIZE_K)
@@ -371,7 +383,7 @@ def _moe_align(
     topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, cursor_ptr, amax_ptr,
     numel, max_padded, max_blocks, num_experts,
     BLOCK_SIZE_M: tl.constexpr, NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr, NUM_AMAX: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: count tokens per expert, pad each run to BLOCK_SIZE_M, then place every token.
 
@@ -381,6 +393,7 @@ def _moe_align(
     One program keeps a small call to one launch; many entries take the three launches of _moe_align_count,
     _moe_align_scan and _moe_align_place instead, whose atomics spread over many programs.
     """
+    _after_prior_kernel(PDL)
     _zero_amax(amax_ptr, NUM_AMAX)
     _fill_padding(sorted_ids_ptr, 0, max_padded, max_padded, numel, CHUNK)
     counts = tl.zeros((NUM_BINS,), dtype=tl.int32)
@@ -399,9 +412,11 @@ def _moe_align(
 def _moe_align_count(
     topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, counts_ptr, amax_ptr, numel, max_padded, fill_per_program,
     num_experts, NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr, NUM_AMAX: tl.constexpr, CHUNK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Many programs, one CHUNK of entries each: its count per expert (counts[program]), and its share of the
     padding fill."""
+    _after_prior_kernel(PDL)
     pid = tl.program_id(0)
     if pid == 0:
         _zero_amax(amax_ptr, NUM_AMAX)
@@ -413,10 +428,11 @@ def _moe_align_count(
 @triton.jit(do_not_specialize=["programs", "max_blocks"])
 def _moe_align_scan(
     counts_ptr, cursor_ptr, expert_ids_ptr, num_post_ptr, programs, max_blocks, num_experts,
-    BLOCK_SIZE_M: tl.constexpr, NUM_BINS: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, NUM_BINS: tl.constexpr, BLOCK_CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: the expert runs from every program's counts, and each program's first slot per expert (its
     cursors: the run's start plus the entries of that expert in earlier programs)."""
+    _after_prior_kernel(PDL)
     bins = tl.arange(0, NUM_BINS)
     counts = tl.zeros((NUM_BINS,), dtype=tl.int32)
     for p in range(0, programs):
@@ -431,9 +447,10 @@ def _moe_align_scan(
 @triton.jit(do_not_specialize=["numel"])
 def _moe_align_place(
     topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, cursor_ptr, numel, num_experts,
-    NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr, CHUNK: tl.constexpr,
+    NUM_BINS: tl.constexpr, HAS_MAP: tl.constexpr, CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
     """Many programs, as _moe_align_count's: each places its chunk's entries from its own cursors."""
+    _after_prior_kernel(PDL)
     pid = tl.program_id(0)
     _place_chunk(topk_ids_ptr, expert_map_ptr, sorted_ids_ptr, cursor_ptr + pid * NUM_BINS, pid * CHUNK, numel,
                  num_experts, HAS_MAP, CHUNK)
@@ -442,10 +459,11 @@ def _moe_align_place(
 @triton.jit(do_not_specialize=["numel"])
 def _gather_sorted_rows(
     x_ptr, out_ptr, sorted_ids_ptr, num_post_ptr, numel, C, stride_xm, stride_om,
-    ROW_DIV: tl.constexpr, BLOCK: tl.constexpr,
+    ROW_DIV: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     """out[slot] = x[sorted_token_ids[slot] // ROW_DIV] for each slot of the padded expert runs, zeros for padding
     slots: the expert-sorted copy of A that the up GEMM loads by TMA. Slots past the runs are left alone."""
+    _after_prior_kernel(PDL)
     slot = tl.program_id(0)
     if slot >= tl.load(num_post_ptr):
         return
@@ -460,10 +478,11 @@ def _gather_sorted_rows(
 @triton.jit
 def _moe_sum(
     c_ptr, out_ptr, topk_ids_ptr, expert_map_ptr, K, stride_cm, stride_om,
-    TOPK: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK: tl.constexpr,
+    TOPK: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     """out[m] = sum over the top-k rows of c (the hidden dtype, or float32 after a split-K down GEMM); rows of
     non-local experts were never written and are skipped."""
+    _after_prior_kernel(PDL)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K
@@ -478,12 +497,21 @@ def _moe_sum(
     tl.store(out_ptr + m * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit(do_not_specialize=["numel"])
+def _zero_fill(ptr, numel, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """ptr[:numel] = 0 (a split-K down GEMM's float32 output, which its programs add into)."""
+    _after_prior_kernel(PDL)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(ptr + offs, tl.zeros((BLOCK,), dtype=ptr.dtype.element_ty), mask=offs < numel)
+
+
 @triton.jit
 def _quant_groups(
     x_ptr, q_ptr, s_ptr, C, stride_xm, stride_qm, stride_sm,
-    GROUP: tl.constexpr, BLOCK: tl.constexpr, QMAX: tl.constexpr, IS_INT: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK: tl.constexpr, QMAX: tl.constexpr, IS_INT: tl.constexpr, PDL: tl.constexpr,
 ):
     """Dynamic quantization of one [row, group of GROUP columns]: scale = max|x| / QMAX."""
+    _after_prior_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     offs = g * GROUP + tl.arange(0, BLOCK)
@@ -498,8 +526,9 @@ def _quant_groups(
 
 
 @triton.jit
-def _amax(x_ptr, amax_ptr, numel, BLOCK: tl.constexpr):
+def _amax(x_ptr, amax_ptr, numel, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """amax_ptr[0] = max(amax_ptr[0], max |x|) over a flat tensor, one block per program."""
+    _after_prior_kernel(PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(x), 0))
@@ -508,9 +537,10 @@ def _amax(x_ptr, amax_ptr, numel, BLOCK: tl.constexpr):
 @triton.jit
 def _quant_per_tensor(
     x_ptr, q_ptr, scale_ptr, amax_ptr, numel,
-    BLOCK: tl.constexpr, QMAX: tl.constexpr, IS_INT: tl.constexpr, STATIC: tl.constexpr,
+    BLOCK: tl.constexpr, QMAX: tl.constexpr, IS_INT: tl.constexpr, STATIC: tl.constexpr, PDL: tl.constexpr,
 ):
     """q = x / scale with a given scale (STATIC) or scale = max|x| / QMAX from a max gathered before."""
+    _after_prior_kernel(PDL)
     pid = tl.program_id(0)
     if STATIC:
         scale = tl.load(scale_ptr)

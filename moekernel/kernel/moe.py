@@ -32,7 +32,7 @@ from ..dtypes import info as dtype_info
 from .. import launch_params
 from ..heuristics import default_config, is_split, up_down
 from ..launch_params import EXTENDED_PARAMS, PARAMS, TMA_BOTH, TMA_OFF
-from . import _kernels
+from . import _kernels, pdl
 from .quant import expected_scale_shape, quantize_activations, quantize_per_tensor, scale_strides, storage_dtype
 from .routing import align_buffers, fused_topk, launch_align, warmup_args
 
@@ -243,7 +243,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_ou
         QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, SPLIT_K=split_k, A_TMA=a_tma, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted,
         PERSISTENT=bool(cfg["PERSISTENT"]), HALF_TAIL=half_tail,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_meta(),
     )
     if warmup:
         return _kernels._fused_moe_gemm.warmup(*warmup_args(args), grid=grid, **meta)
@@ -274,12 +274,19 @@ def _gather_sorted(ws, x, row_div: int, warmup=False) -> torch.Tensor:
     block = min(1024, triton.next_power_of_2(x.shape[1]))
     grid = (out.shape[0], triton.cdiv(x.shape[1], block))
     args = [x, out, ws.sorted_ids, ws.num_post, ws.numel, x.shape[1], x.stride(0), out.stride(0)]
-    meta = dict(ROW_DIV=row_div, BLOCK=block)
+    meta = dict(ROW_DIV=row_div, BLOCK=block, **pdl.launch_meta())
     if warmup:
         _kernels._gather_sorted_rows.warmup(*warmup_args(args), grid=grid, **meta)
     else:
         _kernels._gather_sorted_rows[grid](*args, **meta)
     return out
+
+
+def _zero_fill(t: torch.Tensor) -> None:
+    """Zero a contiguous tensor with a kernel of the op's own, so that the chain of PDL launches goes on through it
+    (a torch fill would drain the GPU on both sides)."""
+    block = 4096
+    _kernels._zero_fill[(triton.cdiv(t.numel(), block),)](t, t.numel(), BLOCK=block, **pdl.launch_meta())
 
 
 class _Call:
@@ -337,7 +344,7 @@ class _Call:
         spec, ws = self.spec, self.ws
         a, a_scale = self._quantized(ws.inter, spec.scales[3], warmup, slot=1 if self._dynamic_a2 else 0)
         if ws.split_k > 1 and not warmup:
-            ws.down_out.zero_()  # one fill launch, captured in a CUDA graph like the kernels
+            _zero_fill(ws.down_out)
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
                      n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, a_sorted=ws.sorted_inter,
                      warmup=warmup)
@@ -349,7 +356,7 @@ class _Call:
         block = min(1024, triton.next_power_of_2(spec.K))
         grid = (spec.M, triton.cdiv(spec.K, block))
         args = [ws.down_out, ws.out, self.topk_ids, self.expert_map, spec.K, ws.down_out.stride(0), ws.out.stride(0)]
-        meta = dict(TOPK=spec.topk, HAS_MAP=spec.has_map, BLOCK=block)
+        meta = dict(TOPK=spec.topk, HAS_MAP=spec.has_map, BLOCK=block, **pdl.launch_meta())
         if warmup:
             _kernels._moe_sum.warmup(*warmup_args(args), grid=grid, **meta)
             return

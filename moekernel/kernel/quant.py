@@ -14,6 +14,7 @@ import torch
 import triton
 
 from ..dtypes import QuantMode
+from . import pdl
 from ..dtypes import info as dtype_info
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -93,7 +94,7 @@ def quantize_activations(
         _quant_groups[(rows, n_groups)](
             x, q, s, cols, x.stride(0), q.stride(0), s.stride(0),
             GROUP=group, BLOCK=triton.next_power_of_2(group), QMAX=qmax(dtype),
-            IS_INT=not dtype.is_floating_point,
+            IS_INT=not dtype.is_floating_point, **pdl.launch_meta(),
         )
     return q, s
 
@@ -122,9 +123,9 @@ def quantize_per_tensor(x, quant_dtype, *, scale=None, amax=None, amax_ready=Fal
     numel, block = x.numel(), 4096
     grid = (max(1, triton.cdiv(numel, block)),)
     if not static and not amax_ready:
-        _amax[grid](x, amax, numel, BLOCK=block)
+        _amax[grid](x, amax, numel, BLOCK=block, **pdl.launch_meta())
     _quant_per_tensor[grid](x, q, s, amax, numel, BLOCK=block, QMAX=qmax(dtype), IS_INT=not dtype.is_floating_point,
-                            STATIC=static)
+                            STATIC=static, **pdl.launch_meta())
     return q, s
 
 

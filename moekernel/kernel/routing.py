@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from . import pdl
 from ._kernels import _moe_align, _moe_align_count, _moe_align_place, _moe_align_scan
 
 #: Entries (tokens x top-k) one alignment program takes at a time.
@@ -107,22 +108,23 @@ def launch_align(topk_ids, expert_map, num_experts, block_size, sorted_ids, expe
     has_map, num_amax = expert_map is not None, 0 if amax is None else amax.numel()
     block_chunk = max(16, 8192 // bins)
     programs = align_programs(numel)
+    overlap = pdl.launch_meta()
     if programs == 1:
         launches = [(_moe_align, (1,), [topk_ids, expert_map, sorted_ids, expert_ids, num_post, cursor, amax, numel,
                                         max_padded, max_blocks, num_experts],
                      dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, HAS_MAP=has_map, NUM_AMAX=num_amax,
-                          CHUNK=ALIGN_CHUNK, BLOCK_CHUNK=block_chunk, num_warps=8))]
+                          CHUNK=ALIGN_CHUNK, BLOCK_CHUNK=block_chunk, num_warps=8, **overlap))]
     else:
         counts, cursors = cursor[:programs * bins], cursor[programs * bins:]
         fill = triton.cdiv(triton.cdiv(max_padded, programs), ALIGN_CHUNK) * ALIGN_CHUNK
         launches = [
             (_moe_align_count, (programs,), [topk_ids, expert_map, sorted_ids, counts, amax, numel, max_padded, fill,
                                              num_experts],
-             dict(NUM_BINS=bins, HAS_MAP=has_map, NUM_AMAX=num_amax, CHUNK=ALIGN_CHUNK, num_warps=8)),
+             dict(NUM_BINS=bins, HAS_MAP=has_map, NUM_AMAX=num_amax, CHUNK=ALIGN_CHUNK, num_warps=8, **overlap)),
             (_moe_align_scan, (1,), [counts, cursors, expert_ids, num_post, programs, max_blocks, num_experts],
-             dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, BLOCK_CHUNK=block_chunk, num_warps=8)),
+             dict(BLOCK_SIZE_M=block_size, NUM_BINS=bins, BLOCK_CHUNK=block_chunk, num_warps=8, **overlap)),
             (_moe_align_place, (programs,), [topk_ids, expert_map, sorted_ids, cursors, numel, num_experts],
-             dict(NUM_BINS=bins, HAS_MAP=has_map, CHUNK=ALIGN_CHUNK, num_warps=8)),
+             dict(NUM_BINS=bins, HAS_MAP=has_map, CHUNK=ALIGN_CHUNK, num_warps=8, **overlap)),
         ]
     for kernel, grid, args, meta in launches:
         if warmup:
