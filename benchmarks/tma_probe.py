@@ -17,9 +17,9 @@ alone, and on both with other GROUP_SIZE_M (the order the programs walk the tile
 both GEMMs, on either alone, and on both with the other row-block size (64 or 128 rows, so that the half tiles are
 the other's full ones).
 
-``--probe pdl``: the same base, launched without programmatic dependent launch (moekernel.kernel.pdl), and with it
-but without the GEMMs' weight prefetch ahead of their wait, against the base as it launches by default (both, on
-Hopper): what overlapping each kernel's launch with the end of the one before it gains, and what the prefetch adds.
+``--probe pdl``: the same base, launched without programmatic dependent launch (moekernel.kernel.pdl), against
+the base as it launches by default (with it, on Hopper): what overlapping each kernel's launch with the end of the
+one before it gains.
 
 Every variant's output is checked against the base's. Times: CUDA-graph medians, the variants taking turns
 (moekernel.kernel.timing.time_interleaved), averaged over ``--draws`` routing draws; the table gives each variant's
@@ -118,16 +118,16 @@ def tail_variants(base: dict) -> dict[str, dict]:
     return out
 
 
-#: The pdl probe's variants: the base config, its runner launching without PDL, or with it but no prefetch.
-LAUNCH_VARIANTS = {"no-pdl": dict(enabled=False), "no-prefetch": dict(enabled=True, prefetch=False)}
+#: The pdl probe's variant: the base config, its runner launching without PDL.
+NO_PDL = "no-pdl"
 
 
-def launched(run, **setting):
-    """A runner whose kernels launch with moekernel.kernel.pdl.forced(**setting) (also when a graph captures it)."""
+def without_pdl(run):
+    """A runner whose kernels launch without PDL (also when a CUDA graph captures it)."""
     from moekernel.kernel import pdl
 
     def call():
-        with pdl.forced(**setting):
+        with pdl.forced(False):
             return run()
     return call
 
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
             elif args.probe == "tail":
                 variants.update(tail_variants(base))
             elif args.probe == "pdl":
-                variants.update({name: base for name in LAUNCH_VARIANTS})
+                variants[NO_PDL] = base
             else:
                 variants.update(tma_variants(dict(base)))
                 if M >= LARGE_M:
@@ -223,8 +223,8 @@ def main(argv=None) -> int:
                         continue
                     try:
                         run = make_runner(inputs, cfg)
-                        if name in LAUNCH_VARIANTS:
-                            run = launched(run, **LAUNCH_VARIANTS[name])
+                        if name == NO_PDL:
+                            run = without_pdl(run)
                         out = run().clone()
                         if base_out is None:
                             base_out = out

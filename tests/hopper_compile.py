@@ -9,8 +9,7 @@ and how much shared memory.
 
 (a third element turns programmatic dependent launch on or off for that case; else moekernel's default) prints a
 JSON list, one object per case: {"ok": bool, "error": str, "binaries": [{"mma": 2 or 3, "shared": bytes, "pdl":
-whether the PTX waits for the kernel before and lets the next one launch, "prefetch": whether it can fetch weights
-into L2 before that wait}]}.
+whether the PTX waits for the kernel before and lets the next one launch}]}.
 """
 
 import json
@@ -67,8 +66,7 @@ def main(cases) -> list[dict]:
             versions = {int(v) for v in re.findall(r"versionMajor = (\d+)", k.asm["ttgir"])}
             ptx = k.asm["ptx"]
             found.append({"mma": max(versions) if versions else None, "shared": k.metadata.shared,
-                          "pdl": "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx,
-                          "prefetch": "cp.async.bulk.prefetch.L2" in ptx})
+                          "pdl": "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx})
         out.append({"ok": True, "error": "", "binaries": found})
     return out
 

@@ -70,7 +70,4 @@ def test_every_config_family_compiles_for_hopper_fits_and_large_tiles_use_wgmma(
     # did not could read the intermediate before the up GEMM has written it); with PDL off none does.
     no_wait = [f"{d}-{n}" for (d, n), r in results.items() if not all(b["pdl"] for b in r["binaries"])]
     assert not no_wait, no_wait
-    assert compiled[-1]["ok"] and not any(b["pdl"] or b["prefetch"] for b in compiled[-1]["binaries"]), compiled[-1]
-    # While they wait, the GEMMs' programs (one per tile) fetch their weights ahead.
-    for dtype in ("bf16", "fp8"):
-        assert all(b["prefetch"] for name in ("small", "large") for b in results[(dtype, name)]["binaries"]), dtype
+    assert compiled[-1]["ok"] and not any(b["pdl"] for b in compiled[-1]["binaries"]), compiled[-1]

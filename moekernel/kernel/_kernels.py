@@ -41,11 +41,11 @@ def _after_prior_kernel(PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-@triton.jit(do_not_specialize=["EM", "num_valid_tokens", "num_programs", "prefetch_row_bytes"])
+@triton.jit(do_not_specialize=["EM", "num_valid_tokens", "num_programs"])
 def _fused_moe_gemm(
     a_ptr, b_ptr, c_ptr, a_desc, a_half_desc, b_desc, a_scale_ptr, b_scale_ptr, topk_weights_ptr,
-    sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr, amax_ptr, topk_ids_ptr, expert_map_ptr,
-    N, K, EM, num_valid_tokens, b_rows_per_expert, num_local_experts, prefetch_row_bytes,
+    sorted_token_ids_ptr, expert_ids_ptr, num_tokens_post_padded_ptr, amax_ptr,
+    N, K, EM, num_valid_tokens, b_rows_per_expert,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
     stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk,
     num_programs,
@@ -67,17 +67,9 @@ def _fused_moe_gemm(
     PERSISTENT: tl.constexpr,  # num_programs programs walk the tiles in use (else one program per tile)
     HALF_TAIL: tl.constexpr,  # a block whose second half is padding computes BLOCK_SIZE_M // 2 rows (a_half_desc's)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (see _after_prior_kernel)
-    HAS_MAP: tl.constexpr,  # topk_ids are global expert ids, expert_map_ptr maps them to local ones (for prefetching)
 ):
-    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
-    if PDL:
-        if not PERSISTENT:
-            if prefetch_row_bytes > 0:
-                _prefetch_weights(b_ptr, topk_ids_ptr, expert_map_ptr, N, K, EM, num_valid_tokens,
-                                  num_local_experts, prefetch_row_bytes, stride_be, stride_bn, stride_bk, num_pid_n,
-                                  BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, FUSE_SILU_MUL, SPLIT_K,
-                                  HAS_MAP)
     _after_prior_kernel(PDL)
+    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
     num_tokens_post_padded = tl.load(num_tokens_post_padded_ptr)
     num_k_steps = tl.cdiv(K, BLOCK_SIZE_K)
     if SPLIT_K == 1:
@@ -140,43 +132,6 @@ def _fused_moe_gemm(
             stride_bse, stride_bsn, stride_bsk, BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, A_ROW_DIV,
             FUSE_SILU_MUL, MUL_ROUTED_WEIGHT, OUT_AMAX, QUANT, GROUP_N, GROUP_K, INT_ACC, DOT_FP32, EVEN_K,
             SPLIT_K, A_TMA, A_SORTED, B_TMA, C_SORTED)
-
-
-@triton.jit
-def _prefetch_weights(b_ptr, topk_ids_ptr, expert_map_ptr, N, K, EM, num_valid_tokens, num_local_experts,
-                      row_bytes, stride_be, stride_bn, stride_bk, num_pid_n, BLOCK_SIZE_M: tl.constexpr,
-                      BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
-                      FUSE_SILU_MUL: tl.constexpr, SPLIT_K: tl.constexpr, HAS_MAP: tl.constexpr):
-    """Before this program waits for the kernel ahead of it (PDL): fetch into L2 the first ``row_bytes`` of each
-    weight row of one expert's column tile, so the weight stream starts while that kernel still runs.
-
-    Which expert a row block has comes from the alignment, which may not have run yet; but the op's routing
-    (topk_ids, and the expert map) was complete before the op began, and row block pid_m takes the expert of
-    entry pid_m: when every entry has a row block (the host checks), every expert in use gets its tiles fetched,
-    some twice (an L2 hit). Read through L2 only (.cg), as the kernel ahead has not made anything visible yet.
-    The weights are never written, so fetching them early cannot race."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(EM, BLOCK_SIZE_M), num_pid_n, GROUP_SIZE_M)
-    if pid_m < num_valid_tokens:
-        expert = tl.load(topk_ids_ptr + pid_m, cache_modifier=".cg")
-        if HAS_MAP:
-            expert = tl.load(expert_map_ptr + expert, cache_modifier=".cg")
-        if (expert >= 0) & (expert < num_local_experts):
-            k_first = 0
-            if SPLIT_K > 1:
-                k_first = tl.program_id(1) * tl.cdiv(K, BLOCK_SIZE_K) // SPLIT_K
-            # Rows past N wrap (as the GEMM's B loads do): a row fetched twice, none out of bounds.
-            rows = ((pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)) % N).to(tl.int64)
-            ptrs = b_ptr + expert.to(tl.int64) * stride_be + rows * stride_bn + k_first * BLOCK_SIZE_K * stride_bk
-            _prefetch_l2(ptrs, row_bytes)
-            if FUSE_SILU_MUL:
-                _prefetch_l2(ptrs + N * stride_bn, row_bytes)
-
-
-@triton.jit
-def _prefetch_l2(ptrs, nbytes):
-    # One bulk prefetch (sm_90) per pointer: nbytes (a multiple of 16) from a 16-byte aligned address into L2.
-    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // dummy $0", "=r,l,r",
-                              [ptrs, tl.zeros(ptrs.shape, tl.int32) + nbytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit

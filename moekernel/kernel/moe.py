@@ -210,8 +210,8 @@ def _weight_rows(b: torch.Tensor) -> torch.Tensor:
     return b.view(b.shape[0] * b.shape[1], b.shape[2])
 
 
-def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, topk_ids, expert_map, *, n_out, k_in, up,
-                 interpret, out_amax=False, a_sorted=False, c_sorted=False, warmup=False):
+def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, *, n_out, k_in, up, interpret,
+                 out_amax=False, a_sorted=False, c_sorted=False, warmup=False):
     bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
     if up:
         bn //= 2  # the tile's weight rows are split between gate and up: BLOCK_SIZE_N // 2 output columns each
@@ -233,13 +233,8 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, topk_id
     # workers never ask the device.
     programs = min(tiles, _persistent_programs()) if cfg["PERSISTENT"] and not warmup else tiles
     grid = (programs,) + ((split_k,) if split_k > 1 else ())
-    # A runtime argument (never specialised on), so the binary stays one for every M.
-    prefetch = 0 if warmup or cfg["PERSISTENT"] else pdl.prefetch_row_bytes(
-        b, entries=ws.numel, row_blocks=triton.cdiv(em, bm), rows=(2 if up else 1) * n_out,
-        k_steps=triton.cdiv(k_in, bk) // split_k, block_k=bk)
     args = [a, b, c, a_desc, a_half_desc, b_desc, a_scale, b_scale, topk_weights, ws.sorted_ids, ws.expert_ids,
-            ws.num_post, ws.amax_slot(1), topk_ids, expert_map, n_out, k_in, em, spec.M * spec.topk, b.shape[1],
-            b.shape[0], prefetch,
+            ws.num_post, ws.amax_slot(1), n_out, k_in, em, spec.M * spec.topk, b.shape[1],
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
             *scale_strides(spec.mode, a_scale, b_scale), programs]
     meta = dict(
@@ -247,7 +242,7 @@ def _launch_gemm(spec, ws, cfg, a, b, c, a_scale, b_scale, topk_weights, topk_id
         A_ROW_DIV=spec.topk if up else 1, FUSE_SILU_MUL=up, MUL_ROUTED_WEIGHT=not up, OUT_AMAX=out_amax,
         QUANT=int(spec.mode), GROUP_N=group_n, GROUP_K=group_k, INT_ACC=spec.int_acc, DOT_FP32=interpret,
         EVEN_K=k_in % bk == 0, SPLIT_K=split_k, A_TMA=a_tma, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted,
-        PERSISTENT=bool(cfg["PERSISTENT"]), HALF_TAIL=half_tail, HAS_MAP=expert_map is not None,
+        PERSISTENT=bool(cfg["PERSISTENT"]), HALF_TAIL=half_tail,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_meta(),
     )
     if warmup:
@@ -342,7 +337,7 @@ class _Call:
         if self.up_cfg["TMA"] == TMA_BOTH:
             a = _gather_sorted(ws, a, spec.topk, warmup)  # the scales stay per token row
         _launch_gemm(spec, ws, self.up_cfg, a, self.w1, ws.inter, a_scale, spec.scales[0], self.topk_weights,
-                     self.topk_ids, self.expert_map, n_out=spec.N, k_in=spec.K, up=True, interpret=self.interpret, out_amax=self._dynamic_a2,
+                     n_out=spec.N, k_in=spec.K, up=True, interpret=self.interpret, out_amax=self._dynamic_a2,
                      c_sorted=ws.sorted_inter, warmup=warmup)
 
     def down(self, warmup=False):
@@ -351,7 +346,7 @@ class _Call:
         if ws.split_k > 1 and not warmup:
             _zero_fill(ws.down_out)
         _launch_gemm(spec, ws, self.down_cfg, a, self.w2, ws.down_out, a_scale, spec.scales[1], self.topk_weights,
-                     self.topk_ids, self.expert_map, n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, a_sorted=ws.sorted_inter,
+                     n_out=spec.K, k_in=spec.N, up=False, interpret=self.interpret, a_sorted=ws.sorted_inter,
                      warmup=warmup)
 
     def reduce(self, warmup=False):
