@@ -133,7 +133,7 @@ def test_a_config_one_gemm_cannot_launch_is_a_pruned_row_not_an_error():
 def test_a_split_search_times_block_n_16_for_the_down_gemm_and_prunes_it_for_the_up_gemm(tmp_path):
     out = tmp_path / "bs8.parquet"
     frame = tune(TINY, 8, space={**ONE, "BLOCK_SIZE_N": [16, 32]}, split=True, strategy="exhaustive", iters=1,
-                 jobs=1, progress=False, out=out)
+                 draws=1, jobs=1, progress=False, out=out)
     rows = {(r.gemm, r.BLOCK_SIZE_N): r for r in frame.itertuples(index=False) if r.SPLIT_K == 1}
     assert rows[("up", 16)].status == "pruned" and "the up GEMM" in rows[("up", 16)].error
     assert rows[("down", 16)].status == "ok" and rows[("down", 16)].time_us > 0

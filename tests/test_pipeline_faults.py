@@ -142,7 +142,8 @@ def test_a_new_triton_version_retunes_and_keeps_the_old_timings(run, monkeypatch
 def test_a_job_on_another_gpu_model_refuses(run, monkeypatch):
     """Two GPU models in one run: each job refuses where its model is not, and each model gets its own files."""
     workdir, config, rerun = run
-    both = {**config, "gpus": ["NVIDIA_H200", "NVIDIA_H100_80GB_HBM3"]}
+    # One batch size: what is checked is which model's jobs run where, and each tunes every size it is given.
+    both = {**config, "gpus": ["NVIDIA_H200", "NVIDIA_H100_80GB_HBM3"], "batch_sizes": [1]}
     monkeypatch.setenv("MOEKERNEL_INTERPRETER_DEVICE", "NVIDIA_H200")  # this "machine" has an H200
     planned = rerun(both, "-n")
     assert planned.returncode == 0

@@ -67,8 +67,9 @@ def test_cli_in_process_compile_only_and_missing_out(capsys):
 
 def test_cli_tunes_several_batch_sizes_and_resumes_from_their_shards(tmp_path):
     out = tmp_path / "bs{batch_size}.parquet"
+    # One routing draw: resuming does not depend on how many the finalists are timed on, and each costs seconds here.
     args = ["--key", "E4-N64-K64-top2-fp16", "--batch-size", "8,2", "--out", str(out), "--space", json.dumps(SPACE),
-            "--strategy", "exhaustive", "--iters", "1", "--jobs", "1", "--quiet"]
+            "--strategy", "exhaustive", "--iters", "1", "--draws", "1", "--jobs", "1", "--quiet"]
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
     shards = {m: tmp_path / f"bs{m}.parquet" for m in (2, 8)}
