@@ -56,6 +56,10 @@ for stage in "$@"; do
     # Programmatic dependent launch: moekernel's own files launched with it (the default) and without, all 18 sizes.
     pdl-probe) run pdl-probe python3 benchmarks/tma_probe.py --probe pdl --own "${OWN:-benchmarks/tuned-h200-tail}" \
              ${KEYS:+--keys "$KEYS"} --batch-sizes "${BATCHES:-$ALL_BATCHES}" --draws 3 --json "$WORK/pdl-probe.json" ;;
+    # The timing method against itself: moekernel's own files' config as three runners taking turns.
+    same-probe) run same-probe python3 benchmarks/tma_probe.py --probe same --own "${OWN:-benchmarks/tuned-h200-tail}" \
+             ${KEYS:+--keys "$KEYS"} --batch-sizes "${BATCHES:-1,64,256,512,1024,1536,2048,3072,4096}" --draws 3 \
+             --json "$WORK/same-probe.json" ;;
     # Where a call's time goes: the base configs' up and down GEMMs alone, and the rest (alignment, sum, quantization).
     breakdown) run breakdown python3 benchmarks/tma_probe.py --breakdown --skip-variants --batch-sizes "${BATCHES:-1,64,512,1024,4096}" \
              --json "$WORK/breakdown.json" ;;

@@ -31,6 +31,10 @@ KNOWN_CEILINGS["NVIDIA_H200"]).
     python benchmarks/tma_probe.py --probe persistent --own benchmarks/tuned-h200-tma
     python benchmarks/tma_probe.py --probe tail --own benchmarks/tuned-h200-turns --batch-sizes 256,512,1024,4096
     python benchmarks/tma_probe.py --probe pdl --own benchmarks/tuned-h200-tail
+    python benchmarks/tma_probe.py --probe same --own benchmarks/tuned-h200-tail --batch-sizes 256,1024,4096
+
+``--probe same``: the base and two more runners of the very same config: what the timing method tells apart when
+there is nothing to tell (each runner has its own workspace).
 """
 
 from __future__ import annotations
@@ -136,10 +140,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", default=DEFAULT_KEYS)
     parser.add_argument("--batch-sizes", default=DEFAULT_BATCHES)
-    parser.add_argument("--probe", choices=("tma", "down", "persistent", "tail", "pdl"), default="tma")
+    parser.add_argument("--probe", choices=("tma", "down", "persistent", "tail", "pdl", "same"), default="tma")
     parser.add_argument("--configs", default="benchmarks/vllm-h200-configs", help="vLLM's files (--probe tma)")
     parser.add_argument("--own", default="benchmarks/tuned-h200-tma",
-                        help="moekernel's own files (--probe down, persistent, tail, pdl)")
+                        help="moekernel's own files (--probe down, persistent, tail, pdl, same)")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true",
@@ -192,6 +196,8 @@ def main(argv=None) -> int:
                 variants.update(tail_variants(base))
             elif args.probe == "pdl":
                 variants[NO_PDL] = base
+            elif args.probe == "same":
+                variants.update({"same-1": base, "same-2": base})
             else:
                 variants.update(tma_variants(dict(base)))
                 if M >= LARGE_M:
