@@ -14,8 +14,8 @@ import torch
 import triton
 
 from ..dtypes import QuantMode
-from . import pdl
 from ..dtypes import info as dtype_info
+from . import pdl
 
 FP8_DTYPE = torch.float8_e4m3fn
 

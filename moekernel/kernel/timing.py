@@ -9,13 +9,13 @@ The median is the figure, p20/p80 the spread. The kernels see the same inputs ev
 they fit, as in the engines' tuners).
 
 Callables compared with each other are timed together (:func:`time_interleaved`): each is captured and warmed up
-alone, then they take turns, a few replays each, until each has its samples; each round of turns starts one callable
-later. (In a fixed order the callable listed first had an edge: three runners of one config, M >= 256 on an H200,
-came out with the later two slower in 24 of 30 comparisons, by up to 5%; rotated, in 14 of 30. The spread between
-identical runners, up to 5% at prefill sizes, stays: a difference that small is not a finding.) An H200's clocks drift by several per
+alone, then they take turns, a few replays each, until each has its samples. An H200's clocks drift by several per
 cent over the seconds a comparison takes under sustained load (BENCHMARKS.md: one config 1771 to 1945 µs between
 routing draws timed one after another); timed one after another, whichever ran at the better moment wins, while
-taking turns puts the same drift on every one.
+taking turns puts the same drift on every one. Each round of turns starts one callable later: in a fixed order the
+one listed first had an edge (three runners of one config, M >= 256 on an H200: the later two slower in 24 of 30
+comparisons, by up to 5%; rotated, in 14 of 30). The spread between identical runners, up to 5% at prefill sizes,
+stays: a difference that small is not a finding.
 
 With the Triton interpreter the kernel runs through NumPy on the CPU: the figures only keep the code path alive
 and mean nothing; the tuner labels such rows ``backend=interpret``.
