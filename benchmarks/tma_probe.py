@@ -21,6 +21,9 @@ the other's full ones).
 the base as it launches by default (with it, on Hopper): what overlapping each kernel's launch with the end of the
 one before it gains.
 
+``--probe same``: the base and two more runners of the very same config: what the timing method tells apart when
+there is nothing to tell (each runner has its own workspace).
+
 Every variant's output is checked against the base's. Times: CUDA-graph medians, the variants taking turns
 (moekernel.kernel.timing.time_interleaved), averaged over ``--draws`` routing draws; the table gives each variant's
 speed-up over the base (>1: faster) and the floor fraction of the base and of the best variant (roofline against
@@ -32,9 +35,6 @@ KNOWN_CEILINGS["NVIDIA_H200"]).
     python benchmarks/tma_probe.py --probe tail --own benchmarks/tuned-h200-turns --batch-sizes 256,512,1024,4096
     python benchmarks/tma_probe.py --probe pdl --own benchmarks/tuned-h200-tail
     python benchmarks/tma_probe.py --probe same --own benchmarks/tuned-h200-tail --batch-sizes 256,1024,4096
-
-``--probe same``: the base and two more runners of the very same config: what the timing method tells apart when
-there is nothing to tell (each runner has its own workspace).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ JSON list, one object per case: {"ok": bool, "error": str, "binaries": [{"mma": 
 whether the PTX waits for the kernel before and lets the next one launch}]}.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -43,8 +44,6 @@ def main(cases) -> list[dict]:
     from triton.runtime import driver
 
     driver.set_active(_Sm90Driver())
-    import contextlib
-
     from moekernel.kernel import _kernels, pdl
     from moekernel.kernel.moe import compile_config
     from moekernel.shapes import KernelShape
