@@ -32,13 +32,19 @@ def interpreter_size_problem(shape) -> str | None:
             f"time (at most {INTERPRETER_MAX_WEIGHTS:,})")
 
 
+_mode_of: tuple[object, str] | None = None  # (the kernel module, its mode): asked before every launch
+
+
 def kernels_mode() -> str | None:
     """``interpret`` or ``cuda``: how the imported kernels were defined; None if they are not imported yet."""
+    global _mode_of
     module = sys.modules.get(KERNEL_MODULE)
     if module is None:
         return None
-    kinds = {type(v).__name__ for v in vars(module).values()}
-    return "interpret" if "InterpretedFunction" in kinds else "cuda"
+    if _mode_of is None or _mode_of[0] is not module:  # a module imported anew is looked at anew
+        kinds = {type(v).__name__ for v in vars(module).values()}
+        _mode_of = (module, "interpret" if "InterpretedFunction" in kinds else "cuda")
+    return _mode_of[1]
 
 
 def interpreted() -> bool:

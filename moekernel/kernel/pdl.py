@@ -21,6 +21,10 @@ import functools
 import os
 from collections.abc import Iterator
 
+from triton.runtime import driver
+
+from ..backend import interpreted
+
 ENV_VAR = "MOEKERNEL_PDL"
 #: The first compute capability with grid dependency control.
 MIN_ARCH = 90
@@ -48,21 +52,15 @@ def _setting() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _device_has_it(device: int) -> bool:
-    from triton.runtime import driver
-
     target = driver.active.get_current_target()
     return target.backend == "cuda" and isinstance(target.arch, int) and target.arch >= MIN_ARCH
 
 
 def active() -> bool:
     """Whether the op's kernels launch with PDL now: compiled for CUDA on a GPU that has it, and not turned off."""
-    from ..backend import interpreted
-
     wanted = _forced[-1] if _forced else _setting()  # a bad setting is an error on every backend
     if not wanted or interpreted():
         return False
-    from triton.runtime import driver
-
     return _device_has_it(driver.active.get_current_device())
 
 

@@ -122,10 +122,11 @@ def quantize_per_tensor(x, quant_dtype, *, scale=None, amax=None, amax_ready=Fal
         amax = torch.zeros(1, dtype=torch.float32, device=x.device)
     numel, block = x.numel(), 4096
     grid = (max(1, triton.cdiv(numel, block)),)
+    overlap = pdl.launch_meta()
     if not static and not amax_ready:
-        _amax[grid](x, amax, numel, BLOCK=block, **pdl.launch_meta())
+        _amax[grid](x, amax, numel, BLOCK=block, **overlap)
     _quant_per_tensor[grid](x, q, s, amax, numel, BLOCK=block, QMAX=qmax(dtype), IS_INT=not dtype.is_floating_point,
-                            STATIC=static, **pdl.launch_meta())
+                            STATIC=static, **overlap)
     return q, s
 
 
